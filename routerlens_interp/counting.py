@@ -1,0 +1,145 @@
+"""Expert usage statistics: how often each routed expert is picked, per MoE layer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass
+class ExpertCounts:
+    """Routing statistics over a set of tokens.
+
+    Attributes:
+        counts: ``[n_moe_layers, n_experts]`` int64, number of tokens whose top-k contains the expert.
+        layers: decoder-layer index of each row (ordered as ``spec.moe_layers``).
+        weight_sums: ``[n_moe_layers, n_experts]`` float64, sum of the top-k routing weights the
+            expert received (0 where not selected).
+        prob_sums: ``[n_moe_layers, n_experts]`` float64, sum over tokens of the router's full
+            softmax probability for the expert (ESFT's "average gate score" numerator).
+        n_tokens: number of tokens counted (per layer).
+        top_k: experts per token.
+    """
+
+    counts: torch.Tensor
+    layers: list[int]
+    weight_sums: torch.Tensor
+    prob_sums: torch.Tensor
+    n_tokens: int
+    top_k: int
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.counts.shape[1])
+
+    def row(self, layer: int) -> torch.Tensor:
+        """Counts ``[n_experts]`` of decoder layer ``layer``."""
+        if layer not in self.layers:
+            raise KeyError(f"layer {layer} is not an MoE layer here; MoE layers: {self.layers}")
+        return self.counts[self.layers.index(layer)]
+
+    def frequencies(self) -> torch.Tensor:
+        """``[n_moe_layers, n_experts]`` share of tokens routed to each expert (rows sum to top_k)."""
+        return self.counts.double() / max(self.n_tokens, 1)
+
+    def __add__(self, other: "ExpertCounts") -> "ExpertCounts":
+        if other.layers != self.layers or other.counts.shape != self.counts.shape:
+            raise ValueError("cannot add ExpertCounts of different models (layers or experts differ)")
+        return ExpertCounts(self.counts + other.counts, list(self.layers), self.weight_sums + other.weight_sums,
+                            self.prob_sums + other.prob_sums, self.n_tokens + other.n_tokens, self.top_k)
+
+    def save(self, path: str | Path) -> None:
+        """Write to a ``.pt`` file (tensors + metadata)."""
+        torch.save({"counts": self.counts, "layers": self.layers, "weight_sums": self.weight_sums,
+                    "prob_sums": self.prob_sums, "n_tokens": self.n_tokens, "top_k": self.top_k}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExpertCounts":
+        d = torch.load(str(path), weights_only=False)
+        if "counts" not in d or "layers" not in d:
+            raise ValueError(f"{path} is not an ExpertCounts file (written by `routerlens count`)")
+        return cls(**d)
+
+
+class _Recorder:
+    """Forward hooks that accumulate routing statistics on the model's device for selected tokens."""
+
+    def __init__(self, lm):
+        self.lm, self.spec = lm, lm.spec
+        L, E = len(self.spec.moe_layers), self.spec.n_experts
+        dev = lm.device
+        self.counts = torch.zeros(L, E, dtype=torch.long, device=dev)
+        self.wsum = torch.zeros(L, E, dtype=torch.float64, device=dev)
+        self.psum = torch.zeros(L, E, dtype=torch.float64, device=dev)
+        self.token_mask: torch.Tensor | None = None  # [B*T] bool, set per batch
+        self.handles = []
+
+    def __enter__(self):
+        for r, layer in enumerate(self.spec.moe_layers):
+            self.handles.append(self.spec.router(self.lm.hf, layer).register_forward_hook(self._router_hook(r)))
+            self.handles.append(self.spec.experts(self.lm.hf, layer).register_forward_pre_hook(
+                self._experts_hook(r), with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+    def _router_hook(self, r):
+        def hook(module, args, output):
+            probs = output[0].float().softmax(dim=-1)[self.token_mask]
+            self.psum[r] += probs.sum(dim=0).double()
+        return hook
+
+    def _experts_hook(self, r):
+        def hook(module, args, kwargs):
+            idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
+            w = args[2] if len(args) > 2 else kwargs["top_k_weights"]
+            idx, w = idx[self.token_mask], w[self.token_mask]
+            E = self.spec.n_experts
+            self.counts[r] += torch.bincount(idx.reshape(-1), minlength=E)[:E]
+            self.wsum[r] += torch.bincount(idx.reshape(-1), weights=w.reshape(-1).double(), minlength=E)[:E]
+        return hook
+
+
+@torch.no_grad()
+def count_experts(lm, examples, span: str = "all", with_answer: bool = True, batch_size: int = 8,
+                  progress: bool = False) -> ExpertCounts:
+    """Count top-k selections of every routed expert over the tokens of ``examples``.
+
+    Args:
+        lm: a :class:`~routerlens_interp.model.MoEModel` (masks and adapters in force are respected).
+        examples: QAExamples or strings.
+        span: which tokens count: ``"all"`` (prompt + answer), ``"prompt"``, ``"context"``,
+            ``"question"``, ``"answer"``.
+        with_answer: append gold answer + EOS to QAExamples (the paper counts prompt + answer).
+
+    Returns :class:`ExpertCounts` with ``counts [len(moe_layers), n_experts]``.
+    """
+    from tqdm.auto import tqdm
+
+    from .trace import encode_inputs
+
+    if span not in ("all", "prompt", "context", "question", "answer"):
+        raise ValueError(f"unknown span {span!r}; use all, prompt, context, question or answer")
+    encoded = encode_inputs(lm, examples, with_answer=with_answer)
+    n_tokens = 0
+    was_training = lm.hf.training
+    lm.hf.eval()
+    try:
+        with _Recorder(lm) as rec:
+            for s in tqdm(range(0, len(encoded), batch_size), desc="count", disable=not progress, unit="batch"):
+                chunk = encoded[s:s + batch_size]
+                batch = lm.batch(chunk)
+                T = batch["input_ids"].shape[1]
+                sel = torch.zeros(len(chunk), T, dtype=torch.bool)
+                for b, e in enumerate(chunk):
+                    sel[b, e.span(span)] = True
+                rec.token_mask = sel.view(-1).to(lm.device)
+                n_tokens += int(sel.sum())
+                lm.hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    finally:
+        lm.hf.train(was_training)
+    return ExpertCounts(rec.counts.cpu(), list(lm.spec.moe_layers), rec.wsum.cpu(), rec.psum.cpu(), n_tokens,
+                        lm.spec.top_k)

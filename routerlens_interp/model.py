@@ -1,0 +1,117 @@
+"""Load an MoE causal LM into a :class:`MoEModel` handle: HF model, tokenizer, spec, nnsight view."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from .arch import MoESpec, inspect_model
+from .examples import QAExample
+from .prompts import Encoded, encode, pad_batch
+
+TOY_DIR = Path(__file__).parent / "toy" / "weights"
+
+
+class MoEModel:
+    """A loaded MoE model.
+
+    Attributes:
+        hf: the ``transformers`` causal LM (eager attention, so attention probabilities exist).
+        tokenizer: its fast tokenizer (pad token set).
+        spec: the :class:`~routerlens_interp.arch.MoESpec` of its layout.
+        name: the name or path it was loaded from.
+    """
+
+    def __init__(self, hf, tokenizer, spec: MoESpec | None = None, name: str = ""):
+        self.hf = hf
+        self.tokenizer = tokenizer
+        self.spec = spec or inspect_model(hf)
+        self.name = name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__
+        if tokenizer is not None and tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._nnsight = None
+
+    def __repr__(self) -> str:
+        s = self.spec
+        return (f"MoEModel({self.name!r}, family={s.family}, layers={s.n_layers}, moe_layers={len(s.moe_layers)}, "
+                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing})")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def window(self) -> int | None:
+        """The model's context window in tokens (``max_position_embeddings``)."""
+        return getattr(self.hf.config, "max_position_embeddings", None)
+
+    @property
+    def nnsight(self):
+        """An ``nnsight.NNsight`` view of :attr:`hf` (created once)."""
+        if self._nnsight is None:
+            from nnsight import NNsight
+
+            self._nnsight = NNsight(self.hf)
+        return self._nnsight
+
+    def encode(self, example: QAExample, with_answer: bool = False, max_length: int | None = None) -> Encoded:
+        """Tokenize an example with spans; see :func:`routerlens_interp.prompts.encode`."""
+        return encode(self.tokenizer, example, with_answer=with_answer, max_length=max_length or self.window)
+
+    def batch(self, encoded: list[Encoded], side: str = "right") -> dict[str, torch.Tensor]:
+        """Pad encodings → ``input_ids``/``attention_mask`` ``[B, T]`` on the model's device, plus ``offsets``."""
+        b = pad_batch(encoded, self.tokenizer.pad_token_id, side)
+        return {k: v.to(self.device) for k, v in b.items()}
+
+    def trace(self, examples, **kwargs):
+        """Record routing, attention to spans and logit lens; see :func:`routerlens_interp.trace.trace`."""
+        from .trace import trace
+
+        return trace(self, examples, **kwargs)
+
+    def fingerprint(self, names: list[str] | None = None) -> str:
+        """SHA-256 over the named parameters (all when ``names`` is None): identifies a base model."""
+        h = hashlib.sha256()
+        params = dict(self.hf.named_parameters())
+        for n in sorted(names or params):
+            t = params[n].detach().to("cpu", torch.float32).contiguous()
+            h.update(n.encode())
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
+
+
+def load(name_or_path: str = "toy", device: str | torch.device | None = None, dtype=None,
+         **hf_kwargs) -> MoEModel:
+    """Load an MoE model.
+
+    Args:
+        name_or_path: ``"toy"`` (the bundled model), a hub id (``"allenai/OLMoE-1B-7B-0924-Instruct"``)
+            or a local directory written by ``save_pretrained``.
+        device: where to put it (``"cuda"``, ``"cpu"``, ...); default CPU. ``device_map`` may be passed
+            in ``hf_kwargs`` instead for multi-GPU sharding.
+        dtype: parameter dtype (e.g. ``torch.bfloat16``); default as saved.
+
+    Raises :class:`~routerlens_interp.arch.NotMoEError` for a dense model or an unreadable layout.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = str(TOY_DIR) if name_or_path == "toy" else str(name_or_path)
+    if name_or_path == "toy" and not (TOY_DIR / "config.json").exists():
+        raise FileNotFoundError(f"the bundled toy model is missing from {TOY_DIR}; reinstall the package or "
+                                f"train it with `python -m routerlens_interp.toy.pretrain --out {TOY_DIR}`")
+    kw = {"attn_implementation": "eager", **hf_kwargs}
+    if dtype is not None:
+        kw["dtype"] = dtype
+    hf = AutoModelForCausalLM.from_pretrained(path, **kw)
+    hf.config.output_router_logits = False  # True breaks padded generate (aux loss shapes)
+    if device is not None and "device_map" not in hf_kwargs:
+        hf = hf.to(device)
+    hf.eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return MoEModel(hf, tok, name="toy" if name_or_path == "toy" else str(name_or_path))
+
+
+def from_hf(hf, tokenizer, name: str = "") -> MoEModel:
+    """Wrap an already-loaded transformers model (eager attention recommended) into a :class:`MoEModel`."""
+    return MoEModel(hf, tokenizer, name=name)

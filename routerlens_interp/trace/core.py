@@ -1,0 +1,130 @@
+"""``trace``: batch examples, run a backend, and unpad its records into a :class:`Trace`."""
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from ..examples import QAExample
+from ..prompts import Encoded
+from .record import Routing, Trace
+
+DEFAULT_SPANS = ("context", "answer_in_context", "question")
+
+
+def encode_inputs(lm, examples, with_answer: bool = False) -> list[Encoded]:
+    """QAExamples, plain strings or ready :class:`Encoded` → list of Encoded."""
+    if isinstance(examples, (QAExample, str, Encoded)):
+        examples = [examples]
+    out = []
+    for ex in examples:
+        if isinstance(ex, Encoded):
+            out.append(ex)
+        elif isinstance(ex, QAExample):
+            out.append(lm.encode(ex, with_answer=with_answer))
+        elif isinstance(ex, str):
+            ids = torch.tensor(lm.tokenizer(ex)["input_ids"], dtype=torch.long)
+            empty = torch.zeros(0, dtype=torch.long)
+            out.append(Encoded(ids, len(ids), empty, empty, empty, empty, empty, text=ex))
+        else:
+            raise TypeError(f"cannot trace a {type(ex).__name__}; pass QAExample, str or Encoded objects")
+    return out
+
+
+def span_masks(encoded: list[Encoded], spans: tuple[str, ...], T: int) -> torch.Tensor:
+    """``[B, S, T]`` 0/1 masks of each span of each example."""
+    m = torch.zeros(len(encoded), len(spans), T)
+    for b, e in enumerate(encoded):
+        for s, name in enumerate(spans):
+            pos = e.span(name)
+            if len(pos):
+                m[b, s, pos] = 1.0
+    return m
+
+
+def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool = True,
+          spans: tuple[str, ...] = DEFAULT_SPANS, query: list[int] | None = None,
+          lens_targets: list[int] | None = None, with_answer: bool = False, batch_size: int = 8,
+          backend: str = "nnsight", progress: bool = False) -> Trace:
+    """Record routing decisions, attention to spans and logit lens for ``examples``.
+
+    Args:
+        examples: QAExamples, strings or Encoded (one or a list).
+        routing: record router logits ``[T, E]`` and top-k weights/indices ``[T, k]`` per MoE layer.
+        attention: record per layer and head the attention mass from ``query`` onto each of ``spans``.
+        lens: record per layer the logit-lens probability of ``lens_targets`` at ``query``.
+        query: per-example query positions; default the last prompt position.
+        lens_targets: per-example target token ids; default the first gold-answer token.
+        with_answer: append answer tokens + EOS (routing then covers the answer too).
+        batch_size: examples per forward; padding does not change any number.
+        backend: ``"nnsight"`` (default) or ``"transformer_lens"``.
+
+    Returns a :class:`Trace`.
+    """
+    if backend == "nnsight":
+        from .nnsight_backend import collect
+    elif backend in ("transformer_lens", "tl"):
+        from .tl_backend import collect
+    else:
+        raise ValueError(f"unknown backend {backend!r}; use 'nnsight' or 'transformer_lens'")
+    spec = lm.spec
+    encoded = encode_inputs(lm, examples, with_answer)
+    N = len(encoded)
+    q_all = torch.tensor(query if query is not None else [e.last_prompt for e in encoded], dtype=torch.long)
+    if lens:
+        if lens_targets is None:
+            missing = [i for i, e in enumerate(encoded) if len(e.answer_ids) == 0]
+            if missing:
+                raise ValueError(f"examples {missing[:5]} have no gold answer to use as logit-lens target; pass "
+                                 f"lens_targets=[token_id, ...] or lens=False")
+            lens_targets = [int(e.answer_ids[0]) for e in encoded]
+        tgt_all = torch.tensor(lens_targets, dtype=torch.long)
+    rec = Trace(encoded, list(range(spec.n_layers)), list(spec.moe_layers),
+                {l: Routing() for l in spec.moe_layers} if routing else {}, tuple(spans), None, q_all,
+                None, tgt_all if lens else None)
+    att, lns = [], []
+    was_training = lm.hf.training
+    lm.hf.eval()
+    try:
+        for start in tqdm(range(0, N, batch_size), desc="trace", disable=not progress, unit="batch"):
+            chunk = encoded[start:start + batch_size]
+            batch = lm.batch(chunk, side="right")
+            T = batch["input_ids"].shape[1]
+            sm = span_masks(chunk, spans, T).to(lm.device) if attention else None
+            q = q_all[start:start + len(chunk)]
+            out = collect(lm, batch, q, sm, routing, lens)
+            lengths = batch["attention_mask"].sum(dim=1).tolist()
+            for l in rec.routing:
+                for key in ("logits", "weights", "indices"):
+                    flat = out[key][l].detach().cpu()
+                    per = flat.view(len(chunk), T, -1)
+                    getattr(rec.routing[l], key).extend(per[b, :lengths[b]].clone() for b in range(len(chunk)))
+            if attention:
+                att.append(torch.stack([out["attention"][i].detach().cpu() for i in rec.layers], dim=1))
+            if lens:
+                lns.append(lens_probs(lm, [out["resid"][i] for i in rec.layers], tgt_all[start:start + len(chunk)]))
+    finally:
+        lm.hf.train(was_training)
+    rec.attention = torch.cat(att) if att else None
+    rec.lens = torch.cat(lns) if lns else None
+    return rec
+
+
+@torch.no_grad()
+def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Logit lens at chosen positions only.
+
+    Args:
+        resid: per layer ``[B, D]`` residual stream after the layer at the query positions.
+        targets: ``[B]`` token ids.
+
+    Returns ``[B, L]`` probability of each target after each layer.
+    """
+    spec = lm.spec
+    h = torch.stack([r.detach() for r in resid], dim=1)  # [B, L, D]
+    logits = spec.unembed(lm.hf)(spec.final_norm(lm.hf)(h)).float()
+    scale = getattr(lm.hf.config, "logits_scaling", None)  # GraniteMoE divides its logits
+    if scale:
+        logits = logits / scale
+    probs = logits.softmax(dim=-1)
+    t = targets.to(probs.device)[:, None, None].expand(-1, probs.shape[1], 1)
+    return probs.gather(-1, t).squeeze(-1).cpu()
