@@ -1,0 +1,140 @@
+"""The toy data sets: ``toy-open`` (SQuAD-like), ``toy-conflict`` (NQ-Swap-like), ``toy-memory``.
+
+``toy_dataset(name, split)`` builds them on the fly from the world seed (deterministic; cached in
+memory). Splits never share a question: questions of a split only name people of that split's
+group (see ``world.py``).
+
+* ``toy-open``: a context of 2-4 facts about *unseen* people (fresh values) states the asked fact;
+  gold = that value, which occurs verbatim in the context.
+* ``toy-conflict``: the asked person is *memorised*; the context states a substituted value of the
+  same type (never the memorised one) among 1-3 true distractor facts; gold = the context's value,
+  ``memory_answer`` = the memorised value (which does not occur in the context).
+* ``toy-memory``: closed book (``context == ""``) about a memorised person; gold = memorised value.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import random
+
+from routerlens_interp.examples import QAExample
+from routerlens_interp.toy.world import (ATTRIBUTES, World, build_world, fact_sentence, other_value,
+                                         question_text, random_facts)
+
+TOY_DATASETS = ("toy-open", "toy-conflict", "toy-memory")
+SIZES = {
+    "toy-open": {"train": 1500, "dev": 200, "test": 350},
+    "toy-conflict": {"train": 1200, "dev": 200, "test": 350},
+    "toy-memory": {"train": 1200, "dev": 200, "test": 350},
+}
+WORLD_SEED = 0
+
+
+@functools.lru_cache(maxsize=8)
+def get_world(seed: int = WORLD_SEED) -> World:
+    """The (cached) world for ``seed``."""
+    return build_world(seed)
+
+
+def facts_of(world: World, name: str, rng: random.Random, cache: dict) -> dict:
+    """True facts of a memorised person, or fresh (per-context, cached in ``cache``) ones of an unseen name."""
+    if name not in cache:
+        known = {p.name: p for p in world.known}
+        cache[name] = dict(known[name].facts) if name in known else random_facts(rng)
+    return cache[name]
+
+
+def make_context(rng: random.Random, world: World, name: str, attr: str, value: str, facts: dict,
+                 n_facts: int, others: list[str], include_target: bool = True,
+                 avoid: tuple = ()) -> tuple[str, list[tuple[str, str, str]]]:
+    """A context of ``n_facts`` sentences about ``name`` and other people.
+
+    The target fact ``(name, attr, value)`` is included when ``include_target``; distractors are
+    other attributes of ``name`` (values from ``facts``), or facts about people drawn from
+    ``others`` (memorised people keep their true values, unseen ones get fresh values). A
+    distractor of the asked type never carries ``value`` or a value in ``avoid``, and no
+    (person, attribute) pair occurs twice. Returns (text, [(name, attr, value), ...]).
+    """
+    triples = [(name, attr, value)] if include_target else []
+    used = {(name, attr)}
+    bad = {value, *avoid}
+    cache: dict = {name: facts}
+    tries = 0
+    while len(triples) < n_facts and tries < 50:
+        tries += 1
+        r = rng.random()
+        if r < 0.35:
+            a = rng.choice([x for x in ATTRIBUTES if x != attr])
+            n, v = name, facts[a]
+        else:
+            n = rng.choice(others)
+            if n == name:
+                continue
+            a = attr if r < 0.75 else rng.choice(ATTRIBUTES)
+            v = facts_of(world, n, rng, cache)[a]
+        if (n, a) in used or (a == attr and v in bad):
+            continue
+        used.add((n, a))
+        triples.append((n, a, v))
+    rng.shuffle(triples)
+    return " ".join(fact_sentence(rng, n, a, v) for n, a, v in triples), triples
+
+
+def _open(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    names = world.unseen[split]
+    others = names + [p.name for p in world.known_by_group[split]]
+    out = []
+    for i in range(size):
+        name, attr = rng.choice(names), rng.choice(ATTRIBUTES)
+        facts = random_facts(rng)
+        ctx, triples = make_context(rng, world, name, attr, facts[attr], facts, rng.randint(2, 4), others)
+        out.append(QAExample(ctx, question_text(rng, name, attr), [facts[attr]], None, f"toy-open-{split}-{i}",
+                             {"attr": attr, "person": name, "known": False, "n_facts": len(triples)}))
+    return out
+
+
+def _pairs(world: World, split: str, size: int, rng: random.Random):
+    pairs = [(p, a) for p in world.known_by_group[split] for a in ATTRIBUTES]
+    rng.shuffle(pairs)
+    while len(pairs) < size:  # more examples than pairs: repeat pairs (new contexts)
+        pairs += pairs[: size - len(pairs)]
+    return pairs[:size]
+
+
+def _conflict(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    others = world.unseen[split] + [p.name for p in world.known_by_group[split]]
+    out = []
+    for i, (p, attr) in enumerate(_pairs(world, split, size, rng)):
+        true = p.facts[attr]
+        sub = other_value(rng, attr, {true})
+        ctx, triples = make_context(rng, world, p.name, attr, sub, p.facts, rng.randint(2, 4), others, avoid=(true,))
+        out.append(QAExample(ctx, question_text(rng, p.name, attr), [sub], true, f"toy-conflict-{split}-{i}",
+                             {"attr": attr, "person": p.name, "known": True, "n_facts": len(triples)}))
+    return out
+
+
+def _memory(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    return [QAExample("", question_text(rng, p.name, attr), [p.facts[attr]], None, f"toy-memory-{split}-{i}",
+                      {"attr": attr, "person": p.name, "known": True})
+            for i, (p, attr) in enumerate(_pairs(world, split, size, rng))]
+
+
+_BUILDERS = {"toy-open": _open, "toy-conflict": _conflict, "toy-memory": _memory}
+
+
+@functools.lru_cache(maxsize=32)
+def _cached(name: str, split: str, seed: int) -> tuple[QAExample, ...]:
+    rng = random.Random(f"toy-data-{seed}-{name}-{split}")
+    return tuple(_BUILDERS[name](get_world(seed), split, SIZES[name][split], rng))
+
+
+def toy_dataset(name: str, split: str = "test", seed: int = WORLD_SEED) -> list[QAExample]:
+    """The toy data set ``name`` (one of ``TOY_DATASETS``) for ``split`` in {train, dev, test}.
+
+    Deterministic for a given ``seed``; returns fresh copies (callers may mutate them).
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown toy data set {name!r}; choose from {TOY_DATASETS}")
+    if split not in SIZES[name]:
+        raise ValueError(f"unknown split {split!r}; choose from train, dev, test")
+    return copy.deepcopy(list(_cached(name, split, seed)))
