@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv when needed.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+SEED   ?= 826
+OUT    ?= demo_out
+
+.PHONY: setup demo test test-slow figures bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# the CPU build on disk; an unpinned torch would pull a multi-GB CUDA build
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(VENV)/bin/routerlens demo --out $(OUT) --seed $(SEED)
+
+test: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests $(if $(wildcard notebooks/*.ipynb),--nbmake notebooks,)
+
+test-slow: setup
+	$(VENV)/bin/pytest -q -m slow tests
+
+figures: setup
+	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
+
+bench: setup
+	$(PY) benchmarks/trace_overhead.py
+	$(PY) benchmarks/train_cost.py
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache
