@@ -1,0 +1,238 @@
+"""The ``routerlens`` command: every step of Router Lens / CEFT from a shell.
+
+Every command takes ``--seed`` and ``--json`` (one JSON object on stdout; progress bars go to stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so the same seed gives the same numbers."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
+    if model:
+        p.add_argument("--model", default="toy", help="'toy' (bundled), a hub id or a local directory (default: toy)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+    if data:
+        p.add_argument("--data", required=True, help="toy-open, toy-conflict, toy-memory, squad, nq-swap, confiqa, "
+                                                     "nq, hotpotqa, or a local JSON/JSONL file")
+        p.add_argument("--split", default=None, help="data split (default: test for evaluation, train for training)")
+        p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
+    p.add_argument("--seed", type=int, default=826, help="random seed (default: 826, the paper's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
+def _load(args):
+    import routerlens_interp as rl
+
+    seed_everything(args.seed)
+    return rl.load(args.model, device=args.device)
+
+
+def _data(args, default_split: str, lm=None):
+    import routerlens_interp as rl
+
+    return rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
+
+
+def _interventions(stack: ExitStack, lm, args) -> None:
+    """Enter ``--adapter`` and ``--mask`` for the rest of the command."""
+    import routerlens_interp as rl
+
+    if getattr(args, "adapter", None):
+        stack.enter_context(rl.load_adapter(args.adapter).applied(lm))
+    if getattr(args, "mask", None):
+        stack.enter_context(rl.mask_experts(lm, rl.ExpertSet.load(args.mask), mode=args.mask_mode))
+
+
+def _emit(args, obj: dict, human: str) -> None:
+    if args.json:
+        print(json.dumps(obj, default=float))
+    else:
+        print(human)
+
+
+def cmd_evaluate(args) -> None:
+    import routerlens_interp as rl
+
+    lm = _load(args)
+    data = _data(args, "test", lm)
+    with ExitStack() as stack:
+        _interventions(stack, lm, args)
+        s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+    if args.predictions:
+        Path(args.predictions).write_text("\n".join(json.dumps({"question": e.question, "gold": e.answers,
+                                                                  "prediction": p}) for e, p in
+                                                      zip(data, s["predictions"])) + "\n")
+    out = {k: s[k] for k in ("em", "f1", "n", "memory_rate")}
+    mr = "n/a" if s["memory_rate"] is None else f"{s['memory_rate']:.1f}"
+    _emit(args, out, f"EM {s['em']:.1f}  F1 {s['f1']:.1f}  memory-rate {mr}  (n={s['n']})")
+
+
+def cmd_count(args) -> None:
+    import routerlens_interp as rl
+
+    lm = _load(args)
+    data = _data(args, "train", lm)
+    with ExitStack() as stack:
+        _interventions(stack, lm, args)
+        c = rl.count_experts(lm, data, span=args.span, batch_size=args.batch_size, progress=True)
+    c.save(args.out)
+    _emit(args, {"out": args.out, "layers": c.layers, "n_tokens": c.n_tokens, "counts": c.counts.tolist()},
+          f"counted {c.n_tokens} tokens over {len(c.layers)} MoE layers → {args.out}")
+
+
+def cmd_select(args) -> None:
+    import routerlens_interp as rl
+
+    counts = rl.ExpertCounts.load(args.counts)
+    base = rl.ExpertCounts.load(args.baseline) if args.baseline else None
+    method = args.method or ("ratio" if base is not None else "count")
+    s = rl.select_experts(counts, n=args.n, baseline=base, method=method, top_p=args.top_p)
+    s.save(args.out)
+    _emit(args, {"out": args.out, "experts": json.loads(s.to_json())},
+          "\n".join(f"layer {l:>3}: {ids}" for l, ids in s.items()) + f"\n→ {args.out}")
+
+
+def _train(args, method: str) -> None:
+    import routerlens_interp as rl
+
+    lm = _load(args)
+    train = _data(args, "train", lm)
+    if args.dev:
+        dev = rl.load_dataset(args.dev, split=args.dev_split, lm=lm)
+    elif Path(args.data).exists():  # one local file: hold out its last 10 % as dev
+        cut = max(1, len(train) // 10)
+        train, dev = train[:-cut], train[-cut:]
+    else:
+        dev = rl.load_dataset(args.data, split=args.dev_split, lm=lm)
+    cfg = dict(out_dir=args.out, resume=args.resume, progress=True, seed=args.seed, epochs=args.epochs, lr=args.lr,
+               batch_size=args.batch_size)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    if method == "router":
+        ad = rl.tune_router(lm, train, dev, **cfg)
+    elif method == "ceft":
+        ad = rl.ceft(lm, train, dev, experts=rl.ExpertSet.load(args.experts), **cfg)
+    else:
+        ad = rl.full_finetune(lm, train, dev, **cfg)
+    ad.save(args.out)
+    m = dict(getattr(ad, "metrics", {}) or {})
+    _emit(args, {"out": args.out, **m}, f"{method}: adapter → {args.out}  " +
+          "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()))
+
+
+def cmd_analyze(args) -> None:
+    import routerlens_interp as rl
+    from routerlens_interp.report import write_analysis
+
+    lm = _load(args)
+    data = _data(args, "test", lm)
+    tuned = rl.load_adapter(args.adapter) if args.adapter else rl.ExpertSet.load(args.mask)
+    res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=not args.no_png)
+    _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}")
+
+
+def cmd_demo(args) -> None:
+    from routerlens_interp.demo import run_demo
+
+    seed_everything(args.seed)
+    report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png)
+    if args.json:
+        print(json.dumps(report, default=float))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="routerlens", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="the whole pipeline on the bundled model")
+    d.add_argument("--out", default="demo_out", help="output directory (report.json, figures)")
+    d.add_argument("--fast", action="store_true", help="few training steps and small samples (a smoke run)")
+    d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML only)")
+    _common(d, data=False, model=False)
+    d.set_defaults(func=cmd_demo)
+
+    e = sub.add_parser("evaluate", help="EM/F1/memory-rate by greedy decoding")
+    _common(e)
+    e.add_argument("--adapter", help="adapter directory to apply")
+    e.add_argument("--mask", help="experts.json to mask")
+    e.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
+    e.add_argument("--max-new-tokens", type=int, default=32)
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--predictions", help="write predictions as JSONL here")
+    e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("count", help="count expert selections per MoE layer")
+    _common(c)
+    c.add_argument("--adapter", help="adapter directory to apply (e.g. the router-tuned one)")
+    c.add_argument("--mask", help="experts.json to mask")
+    c.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
+    c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer"])
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--out", required=True, help="counts file (.pt)")
+    c.set_defaults(func=cmd_count)
+
+    s = sub.add_parser("select", help="pick context-faithful experts from counts")
+    _common(s, data=False, model=False)
+    s.add_argument("--counts", required=True)
+    s.add_argument("--baseline", help="counts of the base model (enables --method ratio)")
+    s.add_argument("--n", type=int, default=8, help="experts per layer (default 8)")
+    s.add_argument("--method", choices=["count", "ratio", "gate", "token"], default=None,
+                   help="count (paper), ratio (tuned/base), gate or token (ESFT); default count, ratio with --baseline")
+    s.add_argument("--top-p", type=float, default=None, help="cumulative score threshold instead of --n")
+    s.add_argument("--out", required=True, help="experts.json")
+    s.set_defaults(func=cmd_select)
+
+    for name, method, helptext in (("tune-router", "router", "train only the routers (Router Lens)"),
+                                   ("ceft", "ceft", "fine-tune only the selected experts"),
+                                   ("finetune", "fft", "full fine-tuning (baseline)")):
+        t = sub.add_parser(name, help=helptext)
+        _common(t)
+        if method == "ceft":
+            t.add_argument("--experts", required=True, help="experts.json from `routerlens select`")
+        t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
+        t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
+        t.add_argument("--epochs", type=float, default=None)
+        t.add_argument("--lr", type=float, default=None)
+        t.add_argument("--batch-size", type=int, default=None)
+        t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+        t.add_argument("--out", required=True, help="output directory (checkpoints + adapter)")
+        t.set_defaults(func=lambda a, m=method: _train(a, m))
+
+    a = sub.add_parser("analyze", help="CAG/AAG/APG tables + figures of a tuned model vs its base")
+    _common(a)
+    g = a.add_mutually_exclusive_group(required=True)
+    g.add_argument("--adapter", help="adapter directory (the tuned model)")
+    g.add_argument("--mask", help="experts.json: analyse what masking them does")
+    a.add_argument("--layer", type=int, default=None, help="layer for the per-token attention figure")
+    a.add_argument("--no-png", action="store_true")
+    a.add_argument("--out", required=True)
+    a.set_defaults(func=cmd_analyze)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
+        print(f"routerlens {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
