@@ -166,6 +166,8 @@ def test_missing_file():
     with pytest.raises(ValueError, match="no such data file") as err:
         load_dataset(FIX / "does_not_exist.jsonl")
     assert "nq-swap" in str(err.value)
+    with pytest.raises(ValueError, match="not a data file"):
+        load_dataset(FIX)
 
 
 def test_bad_fields_lists_field_sets():

@@ -266,7 +266,9 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "test", limit: in
         spec = HUB_DATASETS[key]
         rows = _load_hub(key, spec, split)
         examples = records_to_examples(rows, format=format or spec.format, source=key)
-    elif path.suffix.lower() in (".json", ".jsonl", ".ndjson") or os.sep in raw or path.exists():
+    elif path.exists():
+        raise ValueError(f"{raw!r} is not a data file (a directory?). load_dataset accepts:\n{accepted_names()}")
+    elif path.suffix.lower() in (".json", ".jsonl", ".ndjson") or os.sep in raw:
         raise ValueError(f"no such data file: {raw!r}. load_dataset accepts:\n{accepted_names()}")
     else:
         raise ValueError(f"unknown data set {raw!r}. load_dataset accepts:\n{accepted_names()}")
