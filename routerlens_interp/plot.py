@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from .plot_export import (FONT_FAMILY, clean_token, jaccard_matrix, save_figures,  # noqa: F401
+from .plot_export import (FONT_FAMILY, _esc, clean_token, jaccard_matrix, save_figures,  # noqa: F401
                           token_attention_diff)
 
 __all__ = ["COLORS", "expert_heatmap", "expert_diff_heatmap", "attention_gain", "answer_probability_gain",
@@ -198,7 +198,7 @@ def routing_heatmap(tokens: Sequence[str], indices: Any, layers: Sequence[int], 
     scale = []
     for i, c in enumerate(colors):  # stepped scale: one flat band per expert id
         scale += [[i / n_exp, c], [(i + 1) / n_exp, c]]
-    shown = [clean_token(t).replace("\n", "↵").strip() or "␣" for t in tokens]
+    shown = [_esc(clean_token(t).replace("\n", "↵").strip() or "␣") for t in tokens]
     hover = np.empty((n_layers, T), dtype=object)
     for li in range(n_layers):
         for t in range(T):

@@ -94,6 +94,11 @@ def text_width(s: str, size: float) -> float:
     return total * size / 1000.0
 
 
+def _esc(s: str) -> str:
+    """Plotly text is HTML-like: show ``<``, ``>`` and ``&`` literally."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _text_color(rgb: str) -> str:
     r, g, b = (int(v) for v in re.findall(r"[\d.]+", rgb)[:3])
     return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
@@ -153,7 +158,7 @@ def token_attention_diff(tokens: Sequence[str], diff: Any, title: str | None = N
         border = dict(color="#111", width=2.5) if i in marked else dict(width=0)
         shapes.append(dict(type="rect", x0=x0, x1=x0 + w, y0=y0, y1=y0 + box_h, fillcolor=color, line=border,
                            layer="below", name=f"tok{i}"))
-        annotations.append(dict(x=x0 + w / 2, y=y0 + box_h / 2, text=label.replace("<", "&lt;"), showarrow=False,
+        annotations.append(dict(x=x0 + w / 2, y=y0 + box_h / 2, text=_esc(label), showarrow=False,
                                 font=dict(size=font_size, color=_text_color(color), family=FONT_FAMILY),
                                 xanchor="center", yanchor="middle"))
         if i in marked:
@@ -165,7 +170,7 @@ def token_attention_diff(tokens: Sequence[str], diff: Any, title: str | None = N
         marker=dict(size=font_size * 1.4, symbol="square", opacity=0, color=[d[b[0]] for b in boxes],
                     colorscale=_DIV_SCALE, cmin=-vm, cmax=vm, showscale=True,
                     colorbar=dict(title=dict(text="Δ attention", side="right"), thickness=16, len=0.9)),
-        customdata=[[b[0], clean_token(tokens[b[0]]).replace("\n", "↵"), d[b[0]]] for b in boxes],
+        customdata=[[b[0], _esc(clean_token(tokens[b[0]]).replace("\n", "↵")), d[b[0]]] for b in boxes],
         hovertemplate="token %{customdata[0]}: %{customdata[1]}<br>Δ attention %{customdata[2]:.4g}<extra></extra>",
         showlegend=False))
     height = int(n_lines * line_h + 90 + (40 if title else 0))
