@@ -1,0 +1,77 @@
+"""The `routerlens` command on a tiny saved model and a local JSONL data file."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny  # noqa: E402
+
+from routerlens_interp.cli import main  # noqa: E402
+
+ROWS = [
+    {"context": "Alice Smith was born in 1950 in Paris.", "question": "Where was Alice born?", "answer": "Paris",
+     "memory_answer": "Rome"},
+    {"context": "Bob lives in Rome and paints.", "question": "Where does Bob live?", "answer": ["Rome"]},
+    {"context": "Carol is a baker in Lima.", "question": "Where does Carol work?", "answer": "Lima"},
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    model = tiny.save("olmoe", d / "model")
+    data = d / "data.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in ROWS) + "\n")
+    return d, model, str(data)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_evaluate_json_is_one_object(setup, capsys):
+    d, model, data = setup
+    code, out, _ = run(capsys, "evaluate", "--model", model, "--data", data, "--json", "--max-new-tokens", 4)
+    assert code == 0
+    obj = json.loads(out)
+    assert obj["n"] == 3 and set(obj) == {"em", "f1", "n", "memory_rate"}
+
+
+def test_count_select_mask_analyze(setup, capsys):
+    d, model, data = setup
+    assert run(capsys, "count", "--model", model, "--data", data, "--out", d / "c.pt", "--json")[0] == 0
+    code, out, _ = run(capsys, "select", "--counts", d / "c.pt", "--n", 2, "--out", d / "e.json", "--json")
+    assert code == 0
+    experts = json.loads(out)["experts"]
+    assert all(len(v) == 2 for v in (experts.get("experts", experts)).values())
+    code, out, _ = run(capsys, "evaluate", "--model", model, "--data", data, "--mask", d / "e.json", "--json",
+                       "--max-new-tokens", 4)
+    assert code == 0 and json.loads(out)["n"] == 3
+    code, out, _ = run(capsys, "analyze", "--model", model, "--data", data, "--mask", d / "e.json", "--out",
+                       d / "ana", "--no-png", "--json")
+    assert code == 0
+    res = json.loads(out)
+    assert len(res["cag"]) == 3 and (d / "ana" / "attention_gain.csv").exists() and (d / "ana" / "apg.csv").exists()
+    assert any(f.endswith(".html") for f in res["files"])
+
+
+def test_bad_input_is_a_clear_error(setup, capsys):
+    d, model, data = setup
+    code, _, err = run(capsys, "evaluate", "--model", model, "--data", "no-such-dataset")
+    assert code == 2 and "no-such-dataset" in err
+    bad = d / "bad.json"
+    bad.write_text(json.dumps({"experts": {"0": [99]}}))
+    code, _, err = run(capsys, "evaluate", "--model", model, "--data", data, "--mask", bad)
+    assert code == 2 and "out of range" in err
+
+
+def test_every_command_has_help():
+    for cmd in ("demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze"):
+        r = subprocess.run([sys.executable, "-m", "routerlens_interp.cli", cmd, "--help"], capture_output=True,
+                           text=True)
+        assert r.returncode == 0 and "--seed" in r.stdout, cmd
