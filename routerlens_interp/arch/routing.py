@@ -62,13 +62,27 @@ def deepseek_v2(logits, router: nn.Module, masked=None, k: int | None = None):
 
 
 def deepseek_v3(logits, router: nn.Module, masked=None, k: int | None = None):
-    """DeepSeek-V3: sigmoid scores + correction bias, group-limited top-k, optional renorm, scaling."""
+    """DeepSeek-V3: sigmoid scores + correction bias, group-limited top-k, optional renorm, scaling.
+
+    Under a mask, a group's score (sum of its two best choice scores) counts only unmasked experts (a
+    group with none left scores −inf), and unmasked experts outside the chosen groups stay eligible as
+    a fallback behind the chosen groups, so k unmasked experts are always picked. Without a mask this
+    is transformers' ``DeepseekV3TopkRouter`` exactly.
+    """
     k = k or router.top_k
     scores = logits.float().sigmoid()
     choice = _apply_mask(scores + router.e_score_correction_bias, masked)
-    keep = _group_mask(choice, router.num_group, router.topk_group,
-                       lambda s: s.topk(2, dim=-1)[0].sum(dim=-1))
-    choice = choice.masked_fill(~keep, NEG_INF)
+    if masked is None:
+        group_score = lambda s: s.topk(2, dim=-1)[0].sum(dim=-1)
+    else:
+        def group_score(s):
+            top = s.topk(min(2, s.shape[-1]), dim=-1)[0]
+            return torch.where(torch.isinf(top[..., 0]), NEG_INF, top.nan_to_num(neginf=0.0).sum(dim=-1))
+    keep = _group_mask(choice, router.num_group, router.topk_group, group_score)
+    if masked is None:
+        choice = choice.masked_fill(~keep, NEG_INF)
+    else:  # −inf stays −inf (masked); unchosen groups rank behind every chosen expert
+        choice = torch.where(keep, choice, choice - 1e6)
     top_i = torch.topk(choice, k=k, dim=-1, sorted=False)[1]
     top_v = scores.gather(1, top_i)
     if router.norm_topk_prob:
