@@ -83,8 +83,13 @@ def _zero_aligned_ranges(spans: list[tuple[float, float]], pad: float = 0.08) ->
     for lo, hi in spans:
         w = (hi - lo) or 1.0
         out.append((lo - pad * w if lo < 0 else -pad * w, hi + pad * w if hi > 0 else pad * w))
-    f = max(-lo / (hi - lo) for lo, hi in out)  # share of the axis below 0
-    return [(min(lo, -f * hi / (1 - f)), hi) if f < 1 else (lo, hi) for lo, hi in out]
+    fi = [-lo / (hi - lo) for lo, hi in out]  # share of each axis below 0 (in (0, 1) thanks to the padding)
+
+    def used(f: float) -> float:  # the smallest share of its axis that any curve keeps when 0 sits at f
+        return min((1 - f) / (1 - g) if f >= g else f / g for g in fi)
+
+    f = max(np.linspace(min(fi), max(fi), 201), key=used)
+    return [(-f * hi / (1 - f), hi) if f >= g else (lo, -lo * (1 - f) / f) for (lo, hi), g in zip(out, fi)]
 
 
 # ----------------------------------------------------------------------------------------- experts

@@ -111,8 +111,8 @@ def token_attention_diff(tokens: Sequence[str], diff: Any, title: str | None = N
 
     Each token is a box coloured on a diverging scale centred at 0 (red = more attention after
     tuning, blue = less), laid out like running text and wrapped; newline tokens break the line.
-    ``highlight``: half-open token index ranges ``[start, end)`` (e.g. the answer span) drawn with a
-    thick border. Hover shows token index, text and value. ``vmax`` fixes the colour range to ±vmax.
+    ``highlight``: half-open token index ranges ``[start, end)`` (e.g. the answer span), framed
+    (one frame per run of consecutive tokens on a line). Hover shows token index, text and value. ``vmax`` fixes the colour range to ±vmax.
     """
     d = np.asarray(diff.detach().cpu().numpy() if hasattr(diff, "detach") else diff, dtype=float).reshape(-1)
     if len(tokens) != len(d):
@@ -155,15 +155,24 @@ def token_attention_diff(tokens: Sequence[str], diff: Any, title: str | None = N
     for i, label, x0, w, ln in boxes:
         y0 = ln * line_h + (line_h - box_h) / 2
         color = colors[i] if np.isfinite(d[i]) else "rgb(230,230,230)"
-        border = dict(color="#111", width=2.5) if i in marked else dict(width=0)
-        shapes.append(dict(type="rect", x0=x0, x1=x0 + w, y0=y0, y1=y0 + box_h, fillcolor=color, line=border,
+        shapes.append(dict(type="rect", x0=x0, x1=x0 + w, y0=y0, y1=y0 + box_h, fillcolor=color, line=dict(width=0),
                            layer="below", name=f"tok{i}"))
         annotations.append(dict(x=x0 + w / 2, y=y0 + box_h / 2, text=_esc(label), showarrow=False,
                                 font=dict(size=font_size, color=_text_color(color), family=FONT_FAMILY),
                                 xanchor="center", yanchor="middle"))
-        if i in marked:
-            shapes.append(dict(type="line", x0=x0, x1=x0 + w, y0=y0 + box_h + 3, y1=y0 + box_h + 3,
-                               line=dict(color="#111", width=2), name=f"underline{i}"))
+    # highlight: one frame around each run of marked tokens that sits on one line
+    runs: list[list] = []
+    for i, _, x0, w, ln in boxes:
+        if i not in marked:
+            continue
+        if runs and runs[-1][4] == ln and runs[-1][1] in (i, i - 1):
+            runs[-1][1], runs[-1][3] = i, x0 + w
+        else:
+            runs.append([i, i, x0, x0 + w, ln])
+    for a, b, x0, x1, ln in runs:
+        y0 = ln * line_h + (line_h - box_h) / 2
+        shapes.append(dict(type="rect", x0=x0 - 2, x1=x1 + 2, y0=y0 - 2, y1=y0 + box_h + 2, fillcolor="rgba(0,0,0,0)",
+                           line=dict(color="#111", width=2.5), layer="above", name=f"highlight{a}-{b}"))
     # invisible markers carry the hover text and the colour bar
     fig.add_trace(go.Scatter(
         x=[b[2] + b[3] / 2 for b in boxes], y=[b[4] * line_h + line_h / 2 for b in boxes], mode="markers",

@@ -103,6 +103,15 @@ def test_attention_gain_twin_axes_and_sem():
     # zero sits at the same height on both axes
     (a0, a1), (b0, b1) = fig.layout.yaxis.range, fig.layout.yaxis2.range
     assert -a0 / (a1 - a0) == pytest.approx(-b0 / (b1 - b0))
+    assert a0 < np.nanmin(cag.y - cag.error_y.array) and np.nanmax(cag.y + cag.error_y.array) < a1
+    assert b0 < np.nanmin(aag.y - aag.error_y.array) and np.nanmax(aag.y + aag.error_y.array) < b1
+    # one curve all negative, the other around 0: both keep a good share of their axis
+    neg = NS(**{**vars(g), "aag": -np.linspace(1, 3, 6), "aag_per_example": None,
+                "cag": np.linspace(-0.2, 0.2, 6), "cag_per_example": None})
+    f2 = P.attention_gain(neg)
+    (a0, a1), (b0, b1) = f2.layout.yaxis.range, f2.layout.yaxis2.range
+    assert -a0 / (a1 - a0) == pytest.approx(-b0 / (b1 - b0))
+    assert 0.4 / (a1 - a0) > 0.5 and 3.0 / (b1 - b0) > 0.5  # spans of the curves (with 0)
     ab = P.attention_gain(g, relative=False)
     np.testing.assert_allclose(ab.data[0].y, g.cag_abs)
     np.testing.assert_allclose(ab.data[1].y, g.aag_abs)
@@ -162,10 +171,16 @@ def test_token_attention_diff_colours_lines_and_highlight():
     assert boxes[5].x0 == boxes[0].x0
     texts = [a.text for a in fig.layout.annotations]
     assert "Café" in texts and "context" in texts and not any("Ġ" in t or "Ċ" in t for t in texts)
-    # highlight: border + underline only for token 10
-    bordered = {i for i, s in boxes.items() if s.line.width}
-    assert bordered == {10}
-    assert [s.name for s in fig.layout.shapes if s.type == "line"] == ["underline10"]
+    # highlight: one frame, around token 10 only
+    frames = [s for s in fig.layout.shapes if s.name and s.name.startswith("highlight")]
+    assert [f.name for f in frames] == ["highlight10-10"] and frames[0].line.width > 0
+    assert frames[0].x0 < boxes[10].x0 < boxes[10].x1 < frames[0].x1
+    assert frames[0].y0 < boxes[10].y0 < boxes[10].y1 < frames[0].y1
+    assert not any(s.line.width for s in boxes.values())
+    # a multi-token span gets one frame covering all its tokens
+    two = P.token_attention_diff(toks, diff, highlight=[(0, 2), (8, 9)])
+    assert sorted(s.name for s in two.layout.shapes if s.name.startswith("highlight")) == [
+        "highlight0-1", "highlight8-8"]
     hover = fig.data[0]
     assert hover.marker.cmin == -0.2 and hover.marker.cmax == 0.2 and hover.marker.showscale
     assert [c[2] for c in hover.customdata] == pytest.approx(list(diff))
