@@ -1,0 +1,107 @@
+"""The three training methods: router tuning (RT), context-faithful expert fine-tuning (CEFT), FFT.
+
+Each trains a copy-free, reversible set of tensors of ``lm`` with the shared loop and returns an
+adapter; the base model is unchanged afterwards. All accept the :class:`TrainConfig` fields as keyword
+arguments, plus ``out_dir`` (checkpoints in ``out_dir/checkpoint/``, the adapter in ``out_dir``),
+``resume``, ``progress``, ``seed`` and ``callback``.
+"""
+from __future__ import annotations
+
+import torch
+
+from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
+from .config import TrainConfig
+from .data import prepare
+from .loop import make_accelerator, train
+from .params import (expert_tensor_names, expert_trainable, full_trainable, router_param_names,
+                     router_trainable)
+
+__all__ = ["tune_router", "ceft", "full_finetune"]
+
+
+def _run(lm, train_data, dev_data, method, setup, index, adapter_cls, extra_manifest, *, config, out_dir, resume,
+         progress, seed, callback, **cfg):
+    config = TrainConfig.make(config, seed=seed, **cfg)
+    acc = make_accelerator(lm)
+    base_fp = fingerprint(lm, index)  # of the base tensors the adapter will replace, before training
+    train_items, dropped = prepare(lm, train_data, config.max_tokens, "train")
+    dev_items, dropped_dev = prepare(lm, dev_data, config.max_tokens, "dev")
+    hash_extra = {"method": method, "base": base_fp, **extra_manifest}
+    with setup as trainable:
+        res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
+                    progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
+        idx = trainable.index
+    metrics = {**res.metrics, "dropped_train": dropped, "dropped_dev": dropped_dev, "history": res.history}
+    manifest = {"format": "routerlens-adapter", "version": 1, "method": method, "base_model": lm.name,
+                "family": lm.spec.family, "base_fingerprint": base_fp, "config_hash": res.metrics["config_hash"],
+                "config": config.to_dict(), "metrics": metrics, **extra_manifest}
+    adapter = adapter_cls(res.best, idx, manifest)
+    if out_dir is not None and acc.is_main_process:
+        adapter.save(out_dir)
+    acc.wait_for_everyone()
+    return adapter
+
+
+def tune_router(lm, train, dev=None, *, config: TrainConfig | dict | None = None, out_dir=None, resume: bool = False,
+                progress: bool = True, seed: int | None = None, callback=None, **cfg) -> RouterAdapter:
+    """Router tuning: train only the router of every MoE layer (weight ``[E, H]``, and bias where present).
+
+    Experts, attention, embeddings, shared experts and their gates stay frozen; DeepSeek-V3's
+    ``e_score_correction_bias`` buffer stays fixed (it is set by a load-balancing rule, gets no gradient).
+
+    Args:
+        lm: :class:`~routerlens_interp.model.MoEModel`.
+        train / dev: QAExamples (dev may be None: then the last step is kept).
+        config / **cfg: :class:`TrainConfig` or its fields (``epochs``, ``lr``, ``batch_size``, ...).
+        out_dir: where checkpoints and the adapter are written. resume: continue from its checkpoint.
+        progress: tqdm bar with loss and tokens/s. seed: overrides ``config.seed``.
+        callback: ``callback(info)`` after every step (see :func:`routerlens_interp.train.loop.train`).
+
+    Returns a :class:`RouterAdapter`; ``.metrics`` has best/final dev loss, steps, seconds, trainable params.
+    """
+    names = router_param_names(lm)
+    return _run(lm, train, dev, "router", router_trainable(lm), {n: None for n in names}, RouterAdapter, {},
+                config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,
+                **cfg)
+
+
+def ceft(lm, train, dev=None, *, experts, config: TrainConfig | dict | None = None, out_dir=None,
+         resume: bool = False, progress: bool = True, seed: int | None = None, callback=None,
+         **cfg) -> ExpertAdapter:
+    """Context-faithful expert fine-tuning: train only the selected experts, starting from the base model.
+
+    For each selected (layer, expert) the rows of every fused expert tensor are trained:
+    ``gate_up_proj[e] [2I, H]``, ``down_proj[e] [H, I]`` (and ``*_bias[e]``). Gradients and AdamW state
+    exist only for those rows; all other experts stay bit-identical (see :mod:`.params`). Works with
+    transformers' default ``grouped_mm`` experts implementation.
+
+    Args:
+        experts: :class:`~routerlens_interp.selection.ExpertSet` or ``{layer: [expert ids]}``.
+        others: as :func:`tune_router`.
+
+    Returns an :class:`ExpertAdapter` holding ``[n_selected, ...]`` slices per tensor.
+    """
+    table = {int(layer): sorted({int(e) for e in ids}) for layer, ids in experts.items() if len(ids)}
+    index = {}
+    for layer, ids in sorted(table.items()):
+        for e in ids:
+            lm.spec.check_expert(layer, e)
+        for name in expert_tensor_names(lm, layer):
+            index[f"{lm.spec.experts_path(layer)}.{name}"] = torch.tensor(ids, dtype=torch.long)
+    extra = {"experts": {str(layer): ids for layer, ids in table.items()}}
+    return _run(lm, train, dev, "ceft", expert_trainable(lm, table), index, ExpertAdapter, extra,
+                config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,
+                **cfg)
+
+
+def full_finetune(lm, train, dev=None, *, config: TrainConfig | dict | None = None, out_dir=None,
+                  resume: bool = False, progress: bool = True, seed: int | None = None, callback=None,
+                  **cfg) -> FullAdapter:
+    """Full fine-tuning (the FFT baseline): every parameter trained with the same loop and recipe.
+
+    Returns a :class:`~routerlens_interp.train.adapters.FullAdapter` holding every parameter.
+    """
+    names = [n for n, _ in lm.hf.named_parameters()]
+    return _run(lm, train, dev, "fft", full_trainable(lm), {n: None for n in names}, FullAdapter, {},
+                config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,
+                **cfg)

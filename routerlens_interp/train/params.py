@@ -1,0 +1,160 @@
+"""Which tensors a method trains, set up reversibly on the model.
+
+Each context manager freezes every parameter of ``lm.hf``, makes only its method's tensors trainable,
+yields a :class:`Trainable`, and on exit (also after an exception) puts back the original values and
+``requires_grad`` flags, so training never leaves the base model changed.
+
+CEFT cannot use ``requires_grad`` on a sub-module: transformers 5 keeps all experts of a layer in one
+fused tensor (``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``). A gradient mask would keep full-size
+gradients and AdamW state and let weight decay move the masked experts. Instead each fused tensor is
+re-parametrised (``torch.nn.utils.parametrize``) as ``base.index_copy(0, idx, slices)``: the base stays
+a frozen parameter, and the only new parameter is ``slices [n_selected, ...]``, so gradients and
+optimizer state exist for the selected experts only and the others are bit-identical by construction.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+__all__ = ["Trainable", "router_trainable", "expert_trainable", "full_trainable", "expert_tensor_names"]
+
+
+@dataclass
+class Trainable:
+    """The trainable tensors of one method.
+
+    Attributes:
+        params: key → the ``nn.Parameter`` the optimizer updates. The key is the dotted name of the base
+            parameter in ``lm.hf`` it replaces (whole, or the selected slices for CEFT).
+        index: key → ``[n]`` long tensor of expert ids along dim 0 for slice parameters, ``None`` for
+            whole tensors.
+    """
+
+    params: dict[str, nn.Parameter]
+    index: dict[str, torch.Tensor | None] = field(default_factory=dict)
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.params.values())
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """Detached CPU copies of the current values (the adapter's tensors)."""
+        return {k: p.detach().to("cpu", copy=True) for k, p in self.params.items()}
+
+
+@contextmanager
+def _frozen(hf: nn.Module):
+    """Freeze every parameter; restore the ``requires_grad`` flags on exit."""
+    flags = {id(p): (p, p.requires_grad) for p in hf.parameters()}
+    try:
+        for p in hf.parameters():
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags.values():
+            p.requires_grad_(flag)
+
+
+@contextmanager
+def _whole(lm, names: list[str]):
+    """Make the named parameters trainable in place; put their original values back on exit."""
+    named = dict(lm.hf.named_parameters())
+    # Originals are kept on CPU: a second full copy on the accelerator would double FFT's footprint.
+    saved = {n: named[n].detach().to("cpu", copy=True) for n in names}
+    with _frozen(lm.hf):
+        try:
+            for n in names:
+                named[n].requires_grad_(True)
+            yield Trainable({n: named[n] for n in names}, {n: None for n in names})
+        finally:
+            with torch.no_grad():
+                for n in names:
+                    named[n].copy_(saved[n].to(named[n].device))
+
+
+def router_param_names(lm) -> list[str]:
+    """Parameters of every MoE layer's router (weight ``[E, H]``, and bias ``[E]`` where present).
+
+    DeepSeek-V3's ``e_score_correction_bias`` is a buffer, not a parameter: it only decides which
+    experts are picked (it gets no gradient) and DeepSeek adjusts it with a load-balancing rule the
+    method deliberately leaves out, so it stays fixed and is not part of the adapter.
+    """
+    names = []
+    for layer in lm.spec.moe_layers:
+        prefix = lm.spec.router_path(layer)
+        names += [f"{prefix}.{n}" for n, _ in lm.spec.router(lm.hf, layer).named_parameters()]
+    return names
+
+
+def expert_tensor_names(lm, layer: int) -> list[str]:
+    """Local names of the fused per-expert tensors of a layer's experts module (dim 0 = expert):
+    ``gate_up_proj`` (or ``up_proj``), ``down_proj`` and their ``*_bias`` where present."""
+    mod = lm.spec.experts(lm.hf, layer)
+    return [n for n, p in mod.named_parameters(recurse=False)
+            if p.dim() >= 1 and p.shape[0] == lm.spec.n_experts]
+
+
+@contextmanager
+def router_trainable(lm):
+    """Train only the routers (see :func:`router_param_names`)."""
+    with _whole(lm, router_param_names(lm)) as t:
+        yield t
+
+
+@contextmanager
+def full_trainable(lm):
+    """Train every parameter (the FFT baseline)."""
+    with _whole(lm, [n for n, _ in lm.hf.named_parameters()]) as t:
+        yield t
+
+
+class ExpertSlices(nn.Module):
+    """Parametrisation ``base [E, ...] → base.index_copy(0, idx, slices)``.
+
+    ``slices [n, ...]`` is the only trainable tensor; ``idx [n]`` the selected expert ids. The result
+    is a new tensor each forward (the base is never written), so unselected experts stay bit-identical.
+    """
+
+    def __init__(self, base: torch.Tensor, idx: list[int]):
+        super().__init__()
+        self.register_buffer("idx", torch.tensor(idx, dtype=torch.long, device=base.device))
+        self.slices = nn.Parameter(base.detach()[self.idx].clone())
+
+    def forward(self, base: torch.Tensor) -> torch.Tensor:
+        return base.index_copy(0, self.idx, self.slices)
+
+
+@contextmanager
+def expert_trainable(lm, experts):
+    """Train only the selected experts' slices of the fused expert tensors.
+
+    Args:
+        experts: ``ExpertSet`` or mapping ``{layer: [expert ids]}`` (MoE layers only).
+    """
+    table = {int(layer): sorted({int(e) for e in ids}) for layer, ids in experts.items() if len(ids)}
+    if not table:
+        raise ValueError("ceft needs at least one selected expert; the ExpertSet is empty")
+    for layer, ids in table.items():
+        for e in ids:
+            lm.spec.check_expert(layer, e)
+    registered: list[tuple[nn.Module, str]] = []
+    with _frozen(lm.hf):
+        try:
+            params, index = {}, {}
+            for layer, ids in sorted(table.items()):
+                mod = lm.spec.experts(lm.hf, layer)
+                for name in expert_tensor_names(lm, layer):
+                    p = ExpertSlices(getattr(mod, name), ids)
+                    parametrize.register_parametrization(mod, name, p)
+                    registered.append((mod, name))
+                    key = f"{lm.spec.experts_path(layer)}.{name}"
+                    params[key], index[key] = p.slices, p.idx.detach().cpu()
+            yield Trainable(params, index)
+        finally:
+            for mod, name in reversed(registered):
+                # leave_parametrized=False puts the untouched original Parameter object back.
+                parametrize.remove_parametrizations(mod, name, leave_parametrized=False)
