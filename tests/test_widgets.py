@@ -1,0 +1,205 @@
+"""rl.widgets: the live-ablation panel, driven without a browser and checked against direct computations."""
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny  # noqa: E402
+
+import routerlens_interp as rl  # noqa: E402
+from routerlens_interp.evaluation import generate  # noqa: E402
+from routerlens_interp.widgets import AblationPanel, default_presets, describe_change  # noqa: E402
+
+EX = rl.QAExample(context="Alice Smith was born in 1950 in Paris. She works as a baker.",
+                  question="Where was Alice Smith born?", answers=["Paris"])
+PRESETS = {"A": {0: [0, 1, 2, 3], 1: [4, 5, 6], 2: [1, 7]}, "B": {2: [0, 3, 5]}}
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rl.load(tiny.save("olmoe", tmp_path_factory.mktemp("widgets") / "olmoe"))
+
+
+def n_hooks(lm) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.hf.modules())
+
+
+@torch.no_grad()
+def direct(lm, ex, experts=None, mode="reroute"):
+    """p(first gold token) at the last prompt position and the logit lens, computed without the panel."""
+    enc = lm.encode(ex)
+    tgt = int(enc.answer_ids[0])
+
+    def run():
+        out = lm.hf(input_ids=enc.input_ids[None], output_hidden_states=True)
+        p = out.logits[0, enc.last_prompt].float().softmax(-1)[tgt].item()
+        hs = torch.stack([h[0, enc.last_prompt] for h in out.hidden_states[1:]])  # after each layer
+        lens = lm.spec.unembed(lm.hf)(lm.spec.final_norm(lm.hf)(hs)).float().softmax(-1)[:, tgt]
+        lens[-1] = p  # HF applies the final norm to the last hidden state already
+        return p, lens.numpy(), generate(lm, [ex], max_new_tokens=16)[0]
+
+    if experts:
+        with rl.mask_experts(lm, experts, mode):
+            return run()
+    return run()
+
+
+def test_no_mask_gives_zero_apg_and_reference(tiny_lm):
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
+    r = panel.update()
+    assert r["error"] is None and r["experts"] == {} and r["preset"] == "none"
+    np.testing.assert_allclose(r["apg"], 0.0, atol=0)
+    p, lens, ans = direct(tiny_lm, EX)
+    assert r["p_answer"] == pytest.approx(p, rel=1e-5)
+    np.testing.assert_allclose(r["lens"], lens, rtol=1e-5, atol=1e-9)
+    assert r["answer"] == ans == r["reference"]["answer"]
+    assert len(r["lens"]) == tiny_lm.spec.n_layers
+
+
+@pytest.mark.parametrize("mode", ["reroute", "zero"])
+def test_preset_matches_direct_masked_forward(tiny_lm, mode):
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS, mode=mode)
+    hooks = n_hooks(tiny_lm)
+    r = panel.run_preset("A")
+    assert n_hooks(tiny_lm) == hooks  # nothing left behind
+    assert r["error"] is None and r["experts"] == PRESETS["A"] and r["preset"] == "A"
+    p, lens, ans = direct(tiny_lm, EX, PRESETS["A"], mode)
+    p0, lens0, _ = direct(tiny_lm, EX)
+    assert r["p_answer"] == pytest.approx(p, rel=1e-5)
+    assert abs(p - p0) / p0 > 5e-5  # the mask really changes something (a random tiny model is near uniform)
+    np.testing.assert_allclose(r["lens"], lens, rtol=1e-5, atol=1e-9)
+    np.testing.assert_allclose(r["apg"], lens - lens0, rtol=1e-4, atol=1e-8)
+    assert r["answer"] == ans
+    assert r["reference"]["p_answer"] == pytest.approx(p0, rel=1e-5)
+
+
+def test_manual_selection_and_toggle(tiny_lm):
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
+    panel.set_experts(1, [3, 1, 3])
+    panel.toggle(2, 6)
+    panel.toggle(2, 0)
+    panel.toggle(2, 6)
+    assert panel.experts == {1: [1, 3], 2: [0]} and panel.preset == "(custom)"
+    r = panel.update()
+    p, _, _ = direct(tiny_lm, EX, {1: [1, 3], 2: [0]})
+    assert r["p_answer"] == pytest.approx(p, rel=1e-5)
+    panel.clear()
+    assert panel.experts == {} and panel.update()["apg"].tolist() == [0.0] * tiny_lm.spec.n_layers
+    with pytest.raises(KeyError):
+        panel.apply_preset("nope")
+    with pytest.raises(KeyError):
+        panel.set_experts(99, [0])
+
+
+def test_invalid_selection_reports_error(tiny_lm):
+    panel = AblationPanel(tiny_lm, EX)
+    hooks = n_hooks(tiny_lm)
+    panel.set_experts(0, range(tiny_lm.spec.n_experts))  # every expert: nothing left to route to
+    r = panel.update()
+    assert r["error"] and "top_k" in r["error"]
+    assert r["answer"] is None and np.isnan(r["apg"]).all()
+    assert "error" in panel.summary()
+    assert n_hooks(tiny_lm) == hooks
+    panel.mode = "zero"  # the same set is valid when experts are only zeroed
+    assert panel.update()["error"] is None
+    panel.set_experts(0, [0, 99])  # id out of range
+    panel.mode = "reroute"
+    assert panel.update()["error"]
+    bad = AblationPanel(tiny_lm, EX, presets={"dense": {7: [0]}})  # layer 7 does not exist
+    assert bad.run_preset("dense")["error"]
+
+
+def test_widget_driven_by_values(tiny_lm):
+    ipywidgets = pytest.importorskip("ipywidgets")
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
+    ui = panel.widget()
+    assert isinstance(ui, ipywidgets.VBox)
+    c = panel.controls
+    assert set(c) == {"preset", "mode", *tiny_lm.spec.moe_layers}
+    assert panel.result["preset"] == "none" and "Answer" in panel._ui["status"].value
+
+    c["preset"].value = "A"  # choosing a preset fills the pickers and recomputes once
+    assert panel.result["preset"] == "A" and panel.result["experts"] == PRESETS["A"]
+    assert all(c[l].value == tuple(PRESETS["A"].get(l, [])) for l in tiny_lm.spec.moe_layers)
+    p, _, _ = direct(tiny_lm, EX, PRESETS["A"])
+    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5)
+    assert f"{p:.4f}" in panel._ui["status"].value
+
+    c[2].value = (4,)  # editing one layer makes the selection custom
+    assert c["preset"].value == "(custom)" and panel.result["experts"] == {0: [0, 1, 2, 3], 1: [4, 5, 6], 2: [4]}
+    c["mode"].value = "zero"
+    assert panel.result["mode"] == "zero"
+    p, _, _ = direct(tiny_lm, EX, panel.experts, "zero")
+    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5)
+
+    c["mode"].value = "reroute"
+    c[0].value = tuple(range(tiny_lm.spec.n_experts))  # invalid under reroute: shown, not raised
+    assert panel.result["error"] and "Cannot mask" in panel._ui["status"].value
+
+    c["preset"].value = "none"
+    assert panel.result["experts"] == {} and all(c[l].value == () for l in tiny_lm.spec.moe_layers)
+    fig = panel._ui["fig"] or panel._ui["last_fig"]
+    assert fig is not None and np.allclose(np.asarray(fig.data[0].y, dtype=float), 0.0)
+
+
+class ScaleRouter:
+    """A stand-in adapter: scales every router weight while applied."""
+
+    def __init__(self, factor):
+        self.factor = factor
+
+    @contextmanager
+    def applied(self, lm):
+        gates = [lm.spec.router(lm.hf, l).weight for l in lm.spec.moe_layers]
+        saved = [g.detach().clone() for g in gates]
+        with torch.no_grad():
+            for g in gates:
+                g.mul_(self.factor)
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for g, s in zip(gates, saved):
+                    g.copy_(s)
+
+
+def test_tuned_adapter_is_applied(tiny_lm):
+    adapter = ScaleRouter(-3.0)
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS, tuned=adapter)
+    r = panel.run_preset("B")
+    with adapter.applied(tiny_lm):
+        p_ref, lens_ref, _ = direct(tiny_lm, EX)
+        p, lens, _ = direct(tiny_lm, EX, PRESETS["B"])
+    assert r["reference"]["p_answer"] == pytest.approx(p_ref, rel=1e-5)
+    assert r["p_answer"] == pytest.approx(p, rel=1e-5)
+    np.testing.assert_allclose(r["apg"], lens - lens_ref, rtol=1e-4, atol=1e-8)
+    p_base, _, _ = direct(tiny_lm, EX, PRESETS["B"])  # and the adapter is gone afterwards
+    assert abs(p_base - p) / p > 1e-4
+    with pytest.raises(TypeError):
+        AblationPanel(tiny_lm, EX, tuned=object()).update()
+
+
+def test_default_presets_and_describe(tiny_lm):
+    data = [EX, rl.QAExample(context="Bob Jones lives in Rome.", question="Where does Bob Jones live?",
+                             answers=["Rome"])]
+    pre = default_presets(tiny_lm, data, n=2, tuned=ScaleRouter(2.0))
+    assert set(pre) == {"CEs", "random", "base top"}
+    for name, s in pre.items():
+        assert s.layers == list(tiny_lm.spec.moe_layers) and all(len(v) == 2 for _, v in s.items()), name
+    assert not (pre["CEs"].pairs() & pre["random"].pairs())
+    counts = rl.count_experts(tiny_lm, data)
+    assert pre["base top"] == rl.select_experts(counts, n=2)
+    panel = AblationPanel(tiny_lm, EX, presets=pre)
+    a, b = panel.run_preset("none"), panel.run_preset("random")
+    text = describe_change(a, b)
+    assert "[none] → [random]" in text and "p(answer)" in text
