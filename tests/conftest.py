@@ -9,12 +9,16 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import tiny  # noqa: E402
 
 FAMILIES = list(tiny.configs())
+
+# Tiny models gain nothing from intra-op threads, and lose a lot when the two cores are shared.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

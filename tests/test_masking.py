@@ -212,6 +212,9 @@ def test_mask_in_nnsight_trace(lm):
         tr = lm.trace(TEXTS[1], lens=False, attention=False)
     for l in lm.spec.moe_layers:
         assert not torch.isin(tr.routing[l].indices[0], torch.tensor(mask[l])).any()
+        logits = tr.routing[l].logits[0]
+        assert torch.isneginf(logits[:, mask[l]]).all() and torch.isfinite(logits[:, [e for e in range(8)
+                                                                                         if e not in mask[l]]]).all()
 
 
 @pytest.mark.parametrize("mode", ["reroute", "zero"])
@@ -247,6 +250,7 @@ def test_hooks_removed(lm):
             with rl.mask_experts(lm, mask, mode=mode):
                 raise RuntimeError("boom")
         assert _hook_count(lm) == n
+    assert not any(hasattr(m, "_routerlens_reroute") for m in lm.hf.modules())
     ids = _ids(lm, TEXTS[0])
     with torch.no_grad():
         before = lm.hf(ids).logits

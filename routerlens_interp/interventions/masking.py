@@ -72,6 +72,21 @@ def _zero_hook(masked: torch.Tensor):
     return hook
 
 
+def active_reroute_mask(router) -> torch.Tensor | None:
+    """Bool ``[E]`` union of the ``reroute`` masks now in force on ``router`` (None when none is).
+
+    Tracers that read a router's output from inside its ``forward`` (nnsight) see the logits before
+    the mask's forward hook ran; they apply this to report the masked logits (−inf) like the hook does.
+    """
+    masks = getattr(router, "_routerlens_reroute", None)
+    if not masks:
+        return None
+    out = masks[0].clone()
+    for m in masks[1:]:
+        out |= m
+    return out
+
+
 @contextmanager
 def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") -> Iterator[dict[int, list[int]]]:
     """Mask routed experts while the ``with`` block runs.
@@ -87,12 +102,17 @@ def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") ->
     """
     spec = lm.spec
     clean = normalize_mask(spec, experts, mode)
-    handles = []
+    handles, marked = [], []
     try:
         for layer, ids in clean.items():
             masked = _bool_mask(ids, spec.n_experts)
             if mode == "reroute":
-                handles.append(spec.router(lm.hf, layer).register_forward_hook(_reroute_hook(spec.routing, masked)))
+                router = spec.router(lm.hf, layer)
+                handles.append(router.register_forward_hook(_reroute_hook(spec.routing, masked)))
+                if "_routerlens_reroute" not in router.__dict__:
+                    router.__dict__["_routerlens_reroute"] = []
+                router.__dict__["_routerlens_reroute"].append(masked)
+                marked.append((router, masked))
             else:
                 handles.append(spec.experts(lm.hf, layer).register_forward_pre_hook(_zero_hook(masked),
                                                                                      with_kwargs=True))
@@ -100,3 +120,8 @@ def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") ->
     finally:
         for h in handles:
             h.remove()
+        for router, masked in marked:
+            lst = router.__dict__.get("_routerlens_reroute", [])
+            lst[:] = [m for m in lst if m is not masked]
+            if not lst:
+                router.__dict__.pop("_routerlens_reroute", None)

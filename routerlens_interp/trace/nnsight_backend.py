@@ -44,4 +44,11 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
                 out["weights"][i] = args[2].save()
             if lens:
                 out["resid"][i] = layer.output[rows, q].save()
+    if routing:  # nnsight reads the router output before a reroute mask's forward hook edits it
+        from ..interventions.masking import active_reroute_mask
+
+        for i, logits in out["logits"].items():
+            m = active_reroute_mask(spec.router(lm.hf, i))
+            if m is not None:
+                out["logits"][i] = logits.masked_fill(m.to(logits.device), float("-inf"))
     return out
