@@ -28,14 +28,19 @@ class Item:
 def prepare(lm, examples, max_tokens: int | None, name: str = "train") -> tuple[list[Item], int]:
     """Encode ``examples`` (QAExample or already-encoded objects with ``input_ids``/``prompt_len``).
 
-    Returns ``(items, n_dropped)``: examples longer than ``max_tokens`` are dropped (the paper's
-    recipe) with a warning giving the count, rather than truncated, which would cut the answer.
+    Returns ``(items, n_dropped)``: examples longer than ``max_tokens`` (or the model's window) are
+    dropped (the paper's recipe) with a warning giving the count, rather than truncated.
     """
+    from ..prompts import encode
+
+    # Longer than the model's window is dropped too (never truncated: that could cut the answer).
+    window = getattr(lm, "window", None)
+    limit = min(x for x in (max_tokens, window, float("inf")) if x)
     items, dropped = [], 0
     for ex in examples or []:
-        enc = ex if hasattr(ex, "input_ids") else lm.encode(ex, with_answer=True)
+        enc = ex if hasattr(ex, "input_ids") else encode(lm.tokenizer, ex, with_answer=True, max_length=None)
         ids = torch.as_tensor(enc.input_ids, dtype=torch.long).reshape(-1)
-        if max_tokens and len(ids) > max_tokens:
+        if len(ids) > limit:
             dropped += 1
             continue
         if enc.prompt_len >= len(ids):
@@ -43,7 +48,7 @@ def prepare(lm, examples, max_tokens: int | None, name: str = "train") -> tuple[
         items.append(Item(ids, int(enc.prompt_len)))
     if dropped:
         warnings.warn(f"dropped {dropped} of {dropped + len(items)} {name} examples longer than "
-                      f"max_tokens={max_tokens}", stacklevel=3)
+                      f"max_tokens={max_tokens} (or the model window of {window})", stacklevel=3)
     return items, dropped
 
 

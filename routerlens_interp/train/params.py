@@ -94,8 +94,9 @@ def expert_tensor_names(lm, layer: int) -> list[str]:
     """Local names of the fused per-expert tensors of a layer's experts module (dim 0 = expert):
     ``gate_up_proj`` (or ``up_proj``), ``down_proj`` and their ``*_bias`` where present."""
     mod = lm.spec.experts(lm.hf, layer)
-    return [n for n, p in mod.named_parameters(recurse=False)
-            if p.dim() >= 1 and p.shape[0] == lm.spec.n_experts]
+    # sorted: a canonical order (optimizer state and checkpoints are matched by position)
+    return sorted(n for n, p in mod.named_parameters(recurse=False)
+                  if p.dim() >= 1 and p.shape[0] == lm.spec.n_experts)
 
 
 @contextmanager
@@ -142,11 +143,13 @@ def expert_trainable(lm, experts):
         for e in ids:
             lm.spec.check_expert(layer, e)
     registered: list[tuple[nn.Module, str]] = []
+    orders: list[tuple[nn.Module, list[str]]] = []
     with _frozen(lm.hf):
         try:
             params, index = {}, {}
             for layer, ids in sorted(table.items()):
                 mod = lm.spec.experts(lm.hf, layer)
+                orders.append((mod, list(mod._parameters)))
                 for name in expert_tensor_names(lm, layer):
                     p = ExpertSlices(getattr(mod, name), ids)
                     parametrize.register_parametrization(mod, name, p)
@@ -158,3 +161,6 @@ def expert_trainable(lm, experts):
             for mod, name in reversed(registered):
                 # leave_parametrized=False puts the untouched original Parameter object back.
                 parametrize.remove_parametrizations(mod, name, leave_parametrized=False)
+            for mod, order in orders:  # removal re-adds the parameter last: keep the state-dict order
+                params = mod._parameters
+                mod._parameters = type(params)((k, params[k]) for k in order if k in params)
