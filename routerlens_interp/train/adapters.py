@@ -137,6 +137,10 @@ class Adapter:
     # --- applying ----------------------------------------------------------------------------------
     def check(self, lm) -> None:
         """Raise ValueError unless ``lm``'s tensors that this adapter replaces are the ones it was made for."""
+        fam, have_fam = self.manifest.get("family"), getattr(lm.spec, "family", None)
+        if fam and have_fam and fam != have_fam:
+            raise ValueError(f"this {self.manifest['method']} adapter was made for another base model: it was "
+                             f"trained on {self.base_model!r}, a {fam} model, but {lm.name!r} is a {have_fam} model")
         want = self.manifest.get("base_fingerprint")
         if want is None:
             return
