@@ -163,8 +163,15 @@ def test_tl_backend_under_mask(lm):
 def test_zero_mask_seen_by_trace(lm):
     """Under `zero` both backends record the weights that reach the experts (0 for masked experts)."""
     mask = {l: [2] for l in lm.spec.moe_layers}
+    def check(t):
+        for l in lm.spec.moe_layers:
+            idx, w = t.routing[l].indices[0], t.routing[l].weights[0]
+            assert (idx == 2).any() and (w[idx == 2] == 0).all() and (w[idx != 2] != 0).all()
+
     with rl.mask_experts(lm, mask, mode="zero"):
         tr = lm.trace(EXAMPLES[:1])
-    for l in lm.spec.moe_layers:
-        idx, w = tr.routing[l].indices[0], tr.routing[l].weights[0]
-        assert (w[idx == 2] == 0).all() and (w[idx != 2] != 0).all()
+    check(tr)
+    with rl.mask_experts(lm, mask, mode="zero"):
+        tl = _tl_trace(lm, EXAMPLES[:1])
+    check(tl)
+    _assert_same(tr, tl)

@@ -72,19 +72,29 @@ def _zero_hook(masked: torch.Tensor):
     return hook
 
 
-def active_reroute_mask(router) -> torch.Tensor | None:
-    """Bool ``[E]`` union of the ``reroute`` masks now in force on ``router`` (None when none is).
+_MARK = {"reroute": "_routerlens_reroute", "zero": "_routerlens_zero"}
 
-    Tracers that read a router's output from inside its ``forward`` (nnsight) see the logits before
-    the mask's forward hook ran; they apply this to report the masked logits (−inf) like the hook does.
+
+def active_mask(module, mode: str = "reroute") -> torch.Tensor | None:
+    """Bool ``[E]`` union of the ``mode`` masks now in force on ``module`` (None when none is).
+
+    ``reroute`` masks mark the router, ``zero`` masks the experts module. Tracers that read values
+    where the mask's hook cannot reach (nnsight reads a router's output before its forward hooks
+    run; TransformerLens reads top-k weights before the experts' pre-hook) use this to report what
+    the model really used.
     """
-    masks = getattr(router, "_routerlens_reroute", None)
+    masks = module.__dict__.get(_MARK[mode])
     if not masks:
         return None
     out = masks[0].clone()
     for m in masks[1:]:
         out |= m
     return out
+
+
+def active_reroute_mask(router) -> torch.Tensor | None:
+    """Shorthand for ``active_mask(router, "reroute")``."""
+    return active_mask(router, "reroute")
 
 
 @contextmanager
@@ -107,21 +117,19 @@ def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") ->
         for layer, ids in clean.items():
             masked = _bool_mask(ids, spec.n_experts)
             if mode == "reroute":
-                router = spec.router(lm.hf, layer)
-                handles.append(router.register_forward_hook(_reroute_hook(spec.routing, masked)))
-                if "_routerlens_reroute" not in router.__dict__:
-                    router.__dict__["_routerlens_reroute"] = []
-                router.__dict__["_routerlens_reroute"].append(masked)
-                marked.append((router, masked))
+                module = spec.router(lm.hf, layer)
+                handles.append(module.register_forward_hook(_reroute_hook(spec.routing, masked)))
             else:
-                handles.append(spec.experts(lm.hf, layer).register_forward_pre_hook(_zero_hook(masked),
-                                                                                     with_kwargs=True))
+                module = spec.experts(lm.hf, layer)
+                handles.append(module.register_forward_pre_hook(_zero_hook(masked), with_kwargs=True))
+            module.__dict__.setdefault(_MARK[mode], []).append(masked)
+            marked.append((module, masked))
         yield clean
     finally:
         for h in handles:
             h.remove()
-        for router, masked in marked:
-            lst = router.__dict__.get("_routerlens_reroute", [])
+        for module, masked in marked:
+            lst = module.__dict__.get(_MARK[mode], [])
             lst[:] = [m for m in lst if m is not masked]
             if not lst:
-                router.__dict__.pop("_routerlens_reroute", None)
+                module.__dict__.pop(_MARK[mode], None)

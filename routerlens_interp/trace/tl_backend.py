@@ -29,6 +29,7 @@ from contextlib import contextmanager
 import torch
 
 from ..arch import route
+from ..interventions.masking import active_mask
 
 BRIDGE_NAME = "routerlens-local-model"  # a neutral name: "olmoe" etc. are read as hub aliases
 
@@ -162,6 +163,9 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
             else:  # DeepSeek: no top-k hooks; re-derive with the family's routing function
                 masked = torch.isneginf(logits)
                 w, idx = route(spec.routing, logits, spec.router(lm.hf, i), masked if masked.any() else None)
+            zero = active_mask(spec.experts(lm.hf, i), "zero")  # TL reads weights before a `zero` mask acts
+            if zero is not None:
+                w = w.masked_fill(zero.to(idx.device)[idx], 0.0)
             out["indices"][i], out["weights"][i] = idx, w
         if lens:
             out["resid"][i] = cache[f"blocks.{i}.hook_resid_post"][rows, q]
