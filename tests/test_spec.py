@@ -105,6 +105,19 @@ def test_route_reproduces_router(lm):
                                    rtol=1e-5, atol=1e-5)
 
 
+def test_route_deepseek_v2_greedy(load_tiny):
+    lm = load_tiny("deepseek_v2", fresh=True)
+    for l in lm.spec.moe_layers:
+        lm.spec.router(lm.hf, l).topk_method = "greedy"
+    torch.manual_seed(3)
+    for l, (_, out) in _router_calls(lm, torch.randint(3, 300, (2, 11))).items():
+        w, i = route("deepseek_v2", out[0], lm.spec.router(lm.hf, l))
+        ws, is_ = _as_sorted(w, i)
+        rw, ri = _as_sorted(out[1], out[2])
+        assert torch.equal(is_, ri)
+        torch.testing.assert_close(ws, rw)
+
+
 def test_route_never_picks_masked(lm):
     """Under any allowed mask (up to E - k experts), k distinct unmasked experts are chosen."""
     torch.manual_seed(2)

@@ -175,3 +175,15 @@ def test_zero_mask_seen_by_trace(lm):
         tl = _tl_trace(lm, EXAMPLES[:1])
     check(tl)
     _assert_same(tr, tl)
+
+
+def test_attention_needs_eager(tiny_paths):
+    import transformers as tf
+
+    path = tiny_paths["olmoe"]
+    hf = tf.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+    lm = rl.from_hf(hf, tf.AutoTokenizer.from_pretrained(path))
+    with pytest.raises(ValueError, match="eager"):
+        lm.trace(EXAMPLES[:1])
+    tr = lm.trace(EXAMPLES[:1], attention=False)  # routing and lens work under sdpa
+    assert tr.attention is None and tr.lens.shape == (1, 3)
