@@ -278,5 +278,8 @@ def test_bad_ids_raise(lm, family):
     with rl.mask_experts(lm, {l: list(range(6))}, mode="reroute"):  # 8 − k = 6 is the most allowed
         pass
     assert _hook_count(lm) == n
+    es = rl.ExpertSet({str(l): [1, 1, 2]})  # an ExpertSet (JSON-style keys) works as a mask
+    with rl.mask_experts(lm, es) as clean:
+        assert clean == {l: [1, 2]}
     if family in ("qwen2_moe", "deepseek_v2", "deepseek_v3"):
         assert dense
