@@ -303,6 +303,7 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
         "train_loss": last_loss if step_times else None, "seconds": seconds, "tokens": tokens,
         "tokens_per_s": tokens / seconds if seconds else None,
         "step_seconds": statistics.median(measured) if measured else None,
+        "step_seconds_min": min(measured) if measured else None,
         "trainable_params": sum(p.numel() for p in params),
         "grad_bytes": sum(p.numel() * p.element_size() for p in params),
         "optimizer_state_bytes": opt_bytes or _state_bytes(opt), "processes": world,
