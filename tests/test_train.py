@@ -1,13 +1,10 @@
 """Training loop, router tuning, CEFT and FFT on tiny models (CPU, seconds each)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -239,7 +236,9 @@ import routerlens_interp as rl
 sys.path.insert(0, {tests!r})
 from test_train import TRAIN
 lm = rl.load({model!r})
-rl.tune_router(lm, TRAIN, max_steps=4, lr=1e-2, batch_size=4, progress=False, out_dir={out!r})
+kw = dict(max_steps=4, lr=1e-2, batch_size=4, progress=False)
+rl.tune_router(lm, TRAIN, out_dir={out!r} + "/rt", **kw)
+rl.ceft(lm, TRAIN, experts={{0: [1, 2], 2: [5]}}, out_dir={out!r} + "/ceft", **kw)
 """
 
 
@@ -258,10 +257,19 @@ def test_two_gloo_processes_equal_one_process_with_doubled_batch(load_tiny, tiny
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = rl.load_adapter(out)
-    assert ddp.metrics["processes"] == 2
-    one = rl.tune_router(load_tiny("olmoe"), TRAIN, max_steps=4, lr=1e-2, batch_size=4, progress=False)
-    assert one.metrics["processes"] == 1
-    for k in one.tensors:
-        torch.testing.assert_close(ddp.tensors[k], one.tensors[k], atol=1e-5, rtol=1e-4)
-    assert ddp.metrics["train_loss"] == pytest.approx(one.metrics["train_loss"], rel=1e-5)
+    lm = load_tiny("olmoe")
+    kw = dict(max_steps=4, lr=1e-2, batch_size=4, progress=False)
+    for name, one in (("rt", rl.tune_router(lm, TRAIN, **kw)),
+                      ("ceft", rl.ceft(lm, TRAIN, experts={0: [1, 2], 2: [5]}, **kw))):
+        ddp = rl.load_adapter(out / name)
+        assert ddp.metrics["processes"] == 2 and one.metrics["processes"] == 1
+        assert set(ddp.tensors) == set(one.tensors)
+        for k in one.tensors:
+            torch.testing.assert_close(ddp.tensors[k], one.tensors[k], atol=1e-5, rtol=1e-4)
+            assert not torch.equal(one.tensors[k], _base(lm, k, one.index[k]))  # it did train
+        assert ddp.metrics["train_loss"] == pytest.approx(one.metrics["train_loss"], rel=1e-5)
+
+
+def _base(lm, name, index):
+    t = dict(lm.hf.named_parameters())[name].detach()
+    return t if index is None else t[index]
