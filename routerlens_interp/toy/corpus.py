@@ -27,21 +27,24 @@ KINDS = ("memory", "bio", "read", "known")
 DEFAULT_MIX = {"memory": 0.30, "bio": 0.08, "read": 0.40, "known": 0.22}
 
 
-def n_read_facts(rng: random.Random, progress: float, reading_warmup: float) -> int:
-    """Number of facts in a ``read`` context: 1-2 early, then up to 4."""
+def n_read_facts(rng: random.Random, progress: float, reading_warmup: float, max_facts: int = 4) -> int:
+    """Number of facts in a ``read`` context: 1-2 early, then up to ``max_facts``."""
     if reading_warmup > 0 and progress < 0.3 * reading_warmup:
         return rng.randint(1, 2)
     if reading_warmup > 0 and progress < reading_warmup:
         return rng.randint(1, 3)
-    return 1 if rng.random() < 0.1 else rng.randint(2, 4)
+    return 1 if rng.random() < 0.1 else rng.randint(2, max_facts)
 
 
 class DocSampler:
     """Draws pretraining documents from a world. Deterministic given the ``rng`` passed in."""
 
     def __init__(self, world: World, mix: dict | None = None, p_present: float = 0.3,
-                 reading_warmup: float = 0.1):
+                 reading_warmup: float = 0.1, p_hard: float = 0.0, read_max_facts: int = 4):
+        """``p_hard``: share of ``read`` contexts whose distractors are mostly same-type facts about
+        other people (trains binding a value to its name); ``read_max_facts``: most facts per context."""
         self.world, self.p_present, self.reading_warmup = world, p_present, reading_warmup
+        self.p_hard, self.read_max_facts = p_hard, read_max_facts
         self.mix = dict(DEFAULT_MIX if mix is None else mix)
         self.known = list(world.known)
         self.unseen = world.unseen_names
@@ -74,8 +77,9 @@ class DocSampler:
     def _read(self, rng, progress):
         name, a = rng.choice(self.unseen), rng.choice(ATTRIBUTES)
         facts = random_facts(rng)
-        n = n_read_facts(rng, progress, self.reading_warmup)
-        ctx, _ = make_context(rng, self.world, name, a, facts[a], facts, n, self.all_names)
+        n = n_read_facts(rng, progress, self.reading_warmup, self.read_max_facts)
+        kinds = (0.15, 0.9) if rng.random() < self.p_hard else (0.35, 0.75)
+        ctx, _ = make_context(rng, self.world, name, a, facts[a], facts, n, self.all_names, kinds=kinds)
         return plain_prompt(ctx, question_text(rng, name, a)), plain_target(facts[a])
 
     def _known(self, rng, progress):

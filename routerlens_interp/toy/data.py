@@ -46,14 +46,16 @@ def facts_of(world: World, name: str, rng: random.Random, cache: dict) -> dict:
 
 def make_context(rng: random.Random, world: World, name: str, attr: str, value: str, facts: dict,
                  n_facts: int, others: list[str], include_target: bool = True,
-                 avoid: tuple = ()) -> tuple[str, list[tuple[str, str, str]]]:
+                 avoid: tuple = (), kinds: tuple = (0.35, 0.75)) -> tuple[str, list[tuple[str, str, str]]]:
     """A context of ``n_facts`` sentences about ``name`` and other people.
 
     The target fact ``(name, attr, value)`` is included when ``include_target``; distractors are
     other attributes of ``name`` (values from ``facts``), or facts about people drawn from
     ``others`` (memorised people keep their true values, unseen ones get fresh values). A
     distractor of the asked type never carries ``value`` or a value in ``avoid``, and no
-    (person, attribute) pair occurs twice. Returns (text, [(name, attr, value), ...]).
+    (person, attribute) pair occurs twice. ``kinds``: cumulative probabilities of a distractor being
+    (same person, other attribute) and (other person, same attribute); the rest are (other person,
+    any attribute). Returns (text, [(name, attr, value), ...]).
     """
     triples = [(name, attr, value)] if include_target else []
     used = {(name, attr)}
@@ -63,14 +65,14 @@ def make_context(rng: random.Random, world: World, name: str, attr: str, value: 
     while len(triples) < n_facts and tries < 50:
         tries += 1
         r = rng.random()
-        if r < 0.35:
+        if r < kinds[0]:
             a = rng.choice([x for x in ATTRIBUTES if x != attr])
             n, v = name, facts[a]
         else:
             n = rng.choice(others)
             if n == name:
                 continue
-            a = attr if r < 0.75 else rng.choice(ATTRIBUTES)
+            a = attr if r < kinds[1] else rng.choice(ATTRIBUTES)
             v = facts_of(world, n, rng, cache)[a]
         if (n, a) in used or (a == attr and v in bad):
             continue

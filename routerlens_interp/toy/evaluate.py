@@ -14,10 +14,13 @@ import torch
 from routerlens_interp.templates import plain_prompt
 
 
+_PUNCT = set(string.punctuation)
+
+
 def normalize_answer(s: str) -> str:
     """SQuAD normalisation: lower-case, strip punctuation and articles, fold white space."""
     s = s.lower()
-    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = "".join(ch for ch in s if ch not in _PUNCT)
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
 
@@ -41,23 +44,24 @@ def greedy_answers(model, tokenizer, examples, batch_size: int = 128, max_new_to
             mask[j, L - len(s):] = 1
         ids, mask = ids.to(device), mask.to(device)
         gen = [[] for _ in chunk]
-        done = torch.zeros(len(chunk), dtype=torch.bool, device=device)
+        done = [False] * len(chunk)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        o = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
         for _ in range(max_new_tokens):
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits[:, -1]
-            nxt = logits.argmax(-1)
+            nxt = o.logits[:, -1].argmax(-1)
             for j, t in enumerate(nxt.tolist()):
                 if not done[j]:
                     if t == eos:
                         done[j] = True
                     else:
                         gen[j].append(t)
-                        if "\n" in tokenizer.decode(gen[j]):
-                            done[j] = True
-            if bool(done.all()):
+                        done[j] = "\n" in tokenizer.decode(gen[j])
+            if all(done):
                 break
-            ids = torch.cat([ids, nxt[:, None]], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            o = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                      past_key_values=o.past_key_values, use_cache=True)
         out += [tokenizer.decode(g).split("\n")[0].strip() for g in gen]
     model.train(model_was_training)
     return out
@@ -90,4 +94,5 @@ def toy_metrics(model, tokenizer, split: str = "dev", n: int | None = 200, batch
     op = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-open", split)), batch_size)
     me = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-memory", split)), batch_size)
     co = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-conflict", split)), batch_size)
-    return {"open_em": op["em"], "recall": me["em"], "conflict_em": co["em"], "memory_rate": co["memory_rate"]}
+    return {"open_em": op["em"], "recall": me["em"], "conflict_em": co["em"], "memory_rate": co["memory_rate"],
+            "samples": [op["predictions"][:3], me["predictions"][:3], co["predictions"][:3]]}

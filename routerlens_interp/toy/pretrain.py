@@ -51,6 +51,8 @@ def parse_args(argv=None):
     p.add_argument("--answer-weight", type=float, default=1.0, help="loss weight of answer tokens (+EOS)")
     p.add_argument("--p-present", type=float, default=0.3, help="P(asked fact in a known-person context)")
     p.add_argument("--reading-warmup", type=float, default=0.1, help="fraction of steps with reading docs only")
+    p.add_argument("--p-hard", type=float, default=0.0, help="share of read contexts with mostly same-type distractors")
+    p.add_argument("--read-max-facts", type=int, default=4)
     p.add_argument("--mix", default="", help="e.g. memory=0.3,bio=0.08,read=0.4,known=0.22")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-n", type=int, default=200)
@@ -59,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=0, help="data-loader worker processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = leave)")
     p.add_argument("--experts-impl", default="", help="transformers experts_implementation (default: its own)")
+    p.add_argument("--auto-minutes", type=float, default=0.0,
+                   help="set --steps from a timing probe so that training takes about this long (new runs only)")
     p.add_argument("--final-eval-n", type=int, default=0, help="examples per test set in the final eval (0 = all)")
     return p.parse_args(argv)
 
@@ -97,7 +101,8 @@ class StepBatches(torch.utils.data.Dataset):
         self.args, self.tok, self.start = args, tok, start
         mix = dict(kv.split("=") for kv in args.mix.split(",")) if args.mix else None
         self.sampler = DocSampler(get_world(WORLD_SEED), mix={k: float(v) for k, v in mix.items()} if mix else None,
-                                  p_present=args.p_present, reading_warmup=args.reading_warmup)
+                                  p_present=args.p_present, reading_warmup=args.reading_warmup,
+                                  p_hard=args.p_hard, read_max_facts=args.read_max_facts)
 
     def __len__(self):
         return max(self.args.steps - self.start, 0)
@@ -128,6 +133,44 @@ def lr_at(step: int, args) -> float:
     return args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
+def train_step(model, opt, ids, mask, w, aux_coef: float):
+    """One optimiser step; loss = weighted next-token CE + ``aux_coef`` x load-balancing loss."""
+    o = model(input_ids=ids, attention_mask=mask, output_router_logits=True, use_cache=False)
+    ce = F.cross_entropy(o.logits[:, :-1].reshape(-1, o.logits.size(-1)).float(), ids[:, 1:].reshape(-1),
+                         reduction="none").view(ids.size(0), -1)
+    lm = (ce * w[:, 1:]).sum() / w[:, 1:].sum()
+    loss = lm + aux_coef * o.aux_loss
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return lm.detach(), o.aux_loss.detach()
+
+
+def probe_steps(args, tok, dev, n: int = 25) -> float:
+    """Seconds per training step, timed on a throw-away model (falls back to eager experts on error)."""
+    for attempt in range(2):
+        try:
+            m = build_model(args, tok).to(dev)
+            o = torch.optim.AdamW(m.parameters(), lr=1e-4)
+            ds = StepBatches(args, tok, 0)
+            batches = [ds[i] for i in range(n)]
+            for i, (ids, mask, w) in enumerate(batches):
+                if i == 5:
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize()
+                    t = time.time()
+                train_step(m, o, ids.to(dev), mask.to(dev), w.to(dev), args.aux_coef)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return (time.time() - t) / (n - 5)
+        except Exception as e:  # noqa: BLE001 - e.g. grouped_mm unsupported for this dtype/device
+            if attempt or args.experts_impl == "eager":
+                raise
+            print(f"default experts implementation failed ({e!r}); using eager")
+            args.experts_impl = "eager"
+
+
 def log(out: Path, rec: dict):
     print(json.dumps(rec), flush=True)
     with open(out / "log.jsonl", "a") as f:
@@ -146,6 +189,11 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     tok = build_tokenizer(out)
+    if args.auto_minutes and not (out / "checkpoint.pt").exists():
+        dt = probe_steps(args, tok, dev)
+        args.steps = int(args.auto_minutes * 60 / dt)
+        print(f"probe: {dt * 1000:.1f} ms/step -> --steps {args.steps}")
+        args.auto_minutes = 0.0
     model = build_model(args, tok).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
@@ -177,25 +225,15 @@ def main(argv=None):
         step = start + i
         for g in opt.param_groups:
             g["lr"] = lr_at(step, args)
-        ids, mask, w = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), w.to(dev, non_blocking=True)
-        o = model(input_ids=ids, attention_mask=mask, output_router_logits=True, use_cache=False)
-        ce = F.cross_entropy(o.logits[:, :-1].reshape(-1, o.logits.size(-1)).float(), ids[:, 1:].reshape(-1),
-                             reduction="none").view(ids.size(0), -1)
-        lm = (ce * w[:, 1:]).sum() / w[:, 1:].sum()
-        loss = lm + args.aux_coef * o.aux_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
         tokens += int(mask.sum())
-        run_loss += float(lm.detach()) if (step + 1) % 10 == 0 or True else 0.0
-        run_aux += float(o.aux_loss.detach())
-        run_n += 1
+        ids, mask, w = ids.to(dev, non_blocking=True), mask.to(dev, non_blocking=True), w.to(dev, non_blocking=True)
+        lm, aux = train_step(model, opt, ids, mask, w, args.aux_coef)
+        run_loss, run_aux, run_n = run_loss + lm, run_aux + aux, run_n + 1
         done = step + 1 >= args.steps
         over = args.max_minutes and (time.time() - t0) > args.max_minutes * 60
         if (step + 1) % args.eval_every == 0 or done or over:
             m = toy_metrics(model, tok, "dev", n=args.eval_n)
-            log(out, {"step": step + 1, "tokens": tokens, "loss": run_loss / run_n, "aux": run_aux / run_n,
+            log(out, {"step": step + 1, "tokens": tokens, "loss": float(run_loss) / run_n, "aux": float(run_aux) / run_n,
                       "lr": lr_at(step, args), "elapsed": round(elapsed0 + time.time() - t0, 1), **m})
             run_loss, run_aux, run_n = 0.0, 0.0, 0
             model.train()
