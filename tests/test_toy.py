@@ -75,15 +75,25 @@ def test_prompts_are_short_and_pretraining_has_no_conflicts():
         assert max(len(tok.encode(plain_prompt(e.context, e.question))) for e in toy_dataset(name, "test")) <= 100
     world = get_world()
     facts = {(p.name, a): v for p in world.known for a, v in p.facts.items()}
-    s, rng = DocSampler(world), random.Random(0)
-    for _ in range(2000):  # every stated fact about a memorised person is its true value
+    known = {p.name for p in world.known}
+    vtype = {v: a for a in ATTRIBUTES for v in VALUES[a]}
+    s, rng = DocSampler(world, p_present=0.8, p_hard=0.5), random.Random(0)
+    n_checked = 0
+    for _ in range(3000):  # every fact stated about a memorised person is its true value
         kind, prompt, target = s.sample(rng)
-        for p in world.known[:0]:
-            pass
+        body = prompt.split("\n\nQuestion:\n")
+        for sent in body[0].replace("Context:\n", "\n").split("\n")[-1].split(". "):
+            words = sent.replace(".", " ").replace(",", " ").split()
+            names = [w for w in words if w in known]
+            vals = [w for w in words if w in vtype]
+            if names and vals:
+                assert facts[(names[0], vtype[vals[0]])] == vals[0], sent
+                n_checked += 1
         if kind in ("memory", "known"):
-            name = prompt.rsplit("\n\nQuestion:\n", 1)[-1]
-            person = next(n for n in name.replace("?", " ").split() if any(n == q.name for q in world.known))
-            assert any(facts[(person, a)] == target.strip() for a in ATTRIBUTES)
+            q = body[1].split("\n")[0]
+            name = next(w for w in q.replace("?", " ").split() if w in known)
+            assert facts[(name, vtype[target.strip()])] == target.strip()
+    assert n_checked > 1000
 
 
 def test_names_and_values_are_single_tokens():
