@@ -13,7 +13,10 @@ SOFTMAX = {"olmoe": False, "mixtral": True, "qwen2_moe": True, "qwen3_moe": True
 
 
 def _hook_count(lm) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.hf.modules())
+    """Forward (pre-)hooks, leaving out transformers' own output-capturing hooks (installed for good the
+    first time attentions or router logits are requested)."""
+    return sum(1 for m in lm.hf.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+               if "output_capturing" not in getattr(h, "__qualname__", ""))
 
 
 class ExpertInputs:

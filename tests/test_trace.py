@@ -130,6 +130,13 @@ def test_trace_options(lm):
 
 
 # -- TransformerLens backend ------------------------------------------------------------------------
+def _our_hooks(lm) -> int:
+    """Forward (pre-)hooks on the model, leaving out transformers' own output-capturing hooks (it installs
+    them, for good, the first time attentions or router logits are requested)."""
+    return sum(1 for m in lm.hf.modules() for h in (*m._forward_hooks.values(), *m._forward_pre_hooks.values())
+               if "output_capturing" not in getattr(h, "__qualname__", ""))
+
+
 def _tl_trace(lm, *args, **kwargs):
     try:
         return lm.trace(*args, backend="transformer_lens", **kwargs)
@@ -139,13 +146,13 @@ def _tl_trace(lm, *args, **kwargs):
 
 def test_tl_backend_equals_nnsight(lm, traces):
     types = {n: type(m) for n, m in lm.hf.named_modules()}
-    hooks = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.hf.modules())
+    hooks = _our_hooks(lm)
     tl = _tl_trace(lm, EXAMPLES, batch_size=3)
     _assert_same(traces, tl)
     assert lm._tl_bridge is not None
     # the bridge is installed only while it runs: the transformers model is left as it was
     assert {n: type(m) for n, m in lm.hf.named_modules()} == types
-    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in lm.hf.modules()) == hooks
+    assert _our_hooks(lm) == hooks
     _assert_same(traces, lm.trace(EXAMPLES, batch_size=3), atol=0)  # nnsight still works afterwards
 
 
@@ -187,3 +194,17 @@ def test_attention_needs_eager(tiny_paths):
         lm.trace(EXAMPLES[:1])
     tr = lm.trace(EXAMPLES[:1], attention=False)  # routing and lens work under sdpa
     assert tr.attention is None and tr.lens.shape == (1, 3)
+
+
+def test_tl_rebuilds_after_module_swap(load_tiny):
+    lm = load_tiny("olmoe", fresh=True)
+    _tl_trace(lm, EXAMPLES[:1])
+    first = lm._tl_bridge
+    old = lm.hf.lm_head
+    new = torch.nn.Linear(old.in_features, old.out_features, bias=False)
+    with torch.no_grad():
+        new.weight.copy_(old.weight * 2)
+    lm.hf.lm_head = new
+    tl = _tl_trace(lm, EXAMPLES[:1])
+    assert lm._tl_bridge is not first and lm.hf.lm_head is new
+    _assert_same(lm.trace(EXAMPLES[:1]), tl)

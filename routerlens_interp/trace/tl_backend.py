@@ -88,6 +88,9 @@ def _boot(lm):
 def bridged(lm):
     """Install the bridge components into ``lm.hf`` while the block runs; undone on exit."""
     bridge = get_bridge(lm)
+    if any(mod._modules.get(name) is not orig for mod, name, orig, _ in lm._tl_swaps):
+        lm._tl_bridge = None  # modules were replaced since booting (e.g. an adapter): boot afresh
+        bridge = get_bridge(lm)
     for mod, name, _, comp in lm._tl_swaps:
         mod._modules[name] = comp
     try:
