@@ -10,6 +10,9 @@ Document kinds (``KINDS``):
               which states the asked fact only with probability ``p_present``; otherwise it holds
               other facts about the person or other people. The answer is always the memorised value.
               No pretraining context ever contradicts a memorised fact.
+* ``known_new`` open-book QA about a memorised person's *unmemorised* attribute (``EXTRA_ATTRIBUTES``,
+              fresh value, stated in the context among true facts of the person, often of the same
+              value type): reading is needed for memorised people too. Off by default.
 
 A curriculum (``mixture(progress)``): during the first ``reading_warmup`` fraction of training only
 ``read`` documents are drawn, with 1-2 facts at first (a pure copy task), growing to 2-4 facts;
@@ -21,9 +24,10 @@ import random
 
 from routerlens_interp.templates import plain_prompt, plain_target
 from routerlens_interp.toy.data import make_context
-from routerlens_interp.toy.world import ATTRIBUTES, World, fact_sentence, question_text, random_facts
+from routerlens_interp.toy.world import (ATTRIBUTES, EXTRA_ATTRIBUTES, VALUES, World, fact_sentence,
+                                         question_text, random_facts)
 
-KINDS = ("memory", "bio", "read", "known")
+KINDS = ("memory", "bio", "read", "known", "known_new")
 DEFAULT_MIX = {"memory": 0.30, "bio": 0.08, "read": 0.40, "known": 0.22}
 
 
@@ -91,10 +95,18 @@ class DocSampler:
         return plain_prompt(ctx, question_text(rng, p.name, a)), plain_target(p.facts[a])
 
 
+    def _known_new(self, rng, progress):
+        p, x = rng.choice(self.known), rng.choice(sorted(EXTRA_ATTRIBUTES))
+        v = rng.choice(VALUES[EXTRA_ATTRIBUTES[x]])
+        ctx, _ = make_context(rng, self.world, p.name, x, v, p.facts, rng.randint(1, 4), self.all_names,
+                              kinds=(0.6, 0.6))
+        return plain_prompt(ctx, question_text(rng, p.name, x)), plain_target(v)
+
+
 def tokenizer_texts(world: World, n_docs: int = 20000, seed: int = 0) -> list[str]:
     """Texts to train the tokenizer on: sampled documents plus every name and value in context."""
     rng = random.Random(f"toy-tok-{seed}")
-    s = DocSampler(world, mix={k: 1.0 for k in KINDS})
+    s = DocSampler(world, mix={k: 1.0 for k in KINDS if k != "known_new"})
     texts = [pr + tg for _, pr, tg in (s.sample(rng) for _ in range(n_docs))]
     for w in world.all_words():  # make sure every word is frequent in both positions
         texts += [f"{w} {w}. {w}?"] * 10

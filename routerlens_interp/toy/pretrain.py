@@ -63,14 +63,19 @@ def parse_args(argv=None):
     p.add_argument("--experts-impl", default="", help="transformers experts_implementation (default: its own)")
     p.add_argument("--auto-minutes", type=float, default=0.0,
                    help="set --steps from a timing probe so that training takes about this long (new runs only)")
+    p.add_argument("--init-from", default="", help="continue from a saved model directory (its tokenizer too)")
     p.add_argument("--final-eval-n", type=int, default=0, help="examples per test set in the final eval (0 = all)")
     return p.parse_args(argv)
 
 
-def build_tokenizer(out: Path) -> PreTrainedTokenizerFast:
+def build_tokenizer(out: Path, init_from: str = "") -> PreTrainedTokenizerFast:
     world = get_world(WORLD_SEED)
     if (out / "tokenizer.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(out)
+    if init_from:
+        tok = PreTrainedTokenizerFast.from_pretrained(init_from)
+        tok.save_pretrained(out)
+        return tok
     tok = train_tokenizer(tokenizer_texts(world))
     bad = single_token_report(tok, world.all_words())
     if bad:
@@ -188,13 +193,16 @@ def main(argv=None):
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    tok = build_tokenizer(out)
+    tok = build_tokenizer(out, args.init_from)
     if args.auto_minutes and not (out / "checkpoint.pt").exists():
         dt = probe_steps(args, tok, dev)
         args.steps = int(args.auto_minutes * 60 / dt)
         print(f"probe: {dt * 1000:.1f} ms/step -> --steps {args.steps}")
         args.auto_minutes = 0.0
-    model = build_model(args, tok).to(dev)
+    if args.init_from:
+        model = OlmoeForCausalLM.from_pretrained(args.init_from, dtype=torch.float32).to(dev)
+    else:
+        model = build_model(args, tok).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]

@@ -68,6 +68,20 @@ QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
     "employer": ("Who employs {n}?", "Which company does {n} work for?", "What is the employer of {n}?"),
     "instrument": ("What instrument does {n} play?", "Which instrument does {n} play?", "What is the instrument of {n}?"),
 }
+# Attributes that nobody has memorised: for anyone, a value only ever comes from a context (fresh
+# each time). Used in pretraining so that reading is sometimes needed for memorised people too.
+# name -> value type (one of ATTRIBUTES).
+EXTRA_ATTRIBUTES = {"fav_city": "city", "dream_job": "job", "first_job_year": "year"}
+FACT_TEMPLATES.update({
+    "fav_city": ("The favourite city of {n} is {v}.", "Records show {n} loves {v}.", "In {v}, {n} likes to travel."),
+    "dream_job": ("The dream job of {n} is {v}.", "Records show {n} wants to be {a} {v}.", "As {a} {v}, {n} dreams of working."),
+    "first_job_year": ("The first job of {n} began in {v}.", "Records show {n} started working in {v}.", "In {v}, {n} started working."),
+})
+QUESTION_TEMPLATES.update({
+    "fav_city": ("What is the favourite city of {n}?", "Which city does {n} love?", "Where does {n} like to travel?"),
+    "dream_job": ("What is the dream job of {n}?", "What does {n} want to be?", "What job does {n} dream of?"),
+    "first_job_year": ("When did {n} start working?", "In what year did {n} start working?", "When did the first job of {n} begin?"),
+})
 # Short-bio sentences (plain descriptive text in pretraining); the name may start these.
 BIO_TEMPLATES: dict[str, tuple[str, ...]] = {
     "year": ("{n} was born in {v}.",),
