@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 import types
@@ -101,7 +102,8 @@ def run(repeats: int = 15, device: str = "cpu", warmup: int = 3, clock: str = "w
             "median_s": {k: round(v, 5) for k, v in med.items()},
             "targets": TARGETS, "met": {k: ratios[k] <= t for k, t in TARGETS.items()},
             "params_m": round(n_params / 1e6, 2), "batch": list(ids.shape), "repeats": repeats,
-            "device": str(ids.device), "threads": torch.get_num_threads(), "clock": clock}
+            "device": str(ids.device), "threads": torch.get_num_threads(), "clock": clock,
+            "load_avg": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}
 
 
 def main(argv=None) -> dict:
@@ -127,6 +129,9 @@ def main(argv=None) -> dict:
             ok = "ok" if res["met"][k] else "MISSED"
             print(f"  {label:<22} {res['median_s'][k] * 1e3:8.1f} ms   ratio {res[k]:.3f}  "
                   f"(target ≤ {TARGETS[k]:.2f}: {ok})")
+        if res["clock"] == "wall" and res["device"] == "cpu" and res["load_avg"] > res["cpus"]:
+            print(f"  note: load average {res['load_avg']} on {res['cpus']} CPUs; wall-clock ratios are noisy "
+                  f"here, try --threads 1 --clock cpu")
     print(json.dumps(res))
     return res
 
