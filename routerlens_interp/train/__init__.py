@@ -1,7 +1,17 @@
 """Training as interventions: router tuning, CEFT and full fine-tuning, saved as adapters.
 
 ``tune_router`` / ``ceft`` / ``full_finetune`` share one loop (:mod:`.loop`) and return adapters
-(:mod:`.adapters`) that swap their tensors into a model reversibly.
+(:mod:`.adapters`) that swap their tensors into a model reversibly; the base model is left unchanged.
+
+    rt = rl.tune_router(lm, train, dev, out_dir="runs/rt")          # RouterAdapter
+    ce = rl.ceft(lm, train, dev, experts=ces, out_dir="runs/ceft")  # ExpertAdapter
+    with rl.load_adapter("runs/rt", lm).applied(lm):
+        ...
+
+Several processes (DDP) run the same script: ``accelerate launch --multi_gpu --num_processes N
+script.py`` on GPUs; on CPUs ``torchrun --nproc_per_node N script.py`` (gloo), since
+``accelerate launch --cpu`` starts a single process. ``batch_size`` is global, so the result does not
+depend on the number of processes.
 """
 from .adapters import Adapter, ExpertAdapter, FullAdapter, RouterAdapter, load_adapter
 from .config import TrainConfig
