@@ -10,6 +10,7 @@ import routerlens_interp as rl
 TEXTS = ["Alice Smith was born in 1950 in Paris.", "Where was Bob Jones born? He lives in Rome and paints.",
          "Context: a baker", "Question: When was Bob Jones born? Answer: 1972"]
 SOFTMAX = {"olmoe": False, "mixtral": True, "qwen2_moe": True, "qwen3_moe": True}  # family → renormalise top-k
+HAND_ROUTED = {**SOFTMAX, "granitemoe": "topk_softmax"}  # families with a hand-written router below
 
 
 def _hook_count(lm) -> int:
@@ -107,12 +108,18 @@ def test_counts_under_mask(lm):
 
 # -- reroute against a hand-written MoE block -------------------------------------------------------
 def _hand_block(block, x, masked, renorm):
-    """Softmax → −inf mask → top-2 → (renorm) → SwiGLU experts from the fused weights (+ Qwen2's shared expert)."""
+    """−inf mask → softmax → top-2 → (renorm) → SwiGLU experts from the fused weights (+ Qwen2's shared
+    expert). ``renorm="topk_softmax"`` (GraniteMoE): top-2 of the masked logits, softmax over those two."""
     flat = x.reshape(-1, x.shape[-1]).float()
-    logits = flat @ block.gate.weight.float().T
+    router = block.gate if hasattr(block, "gate") else block.router
+    logits = flat @ router.weight.float().T
     logits[:, masked] = float("-inf")
-    w, idx = logits.softmax(dim=-1).topk(2, dim=-1)
-    if renorm:
+    if renorm == "topk_softmax":
+        top, idx = logits.topk(2, dim=-1)
+        w = top.softmax(dim=-1)
+    else:
+        w, idx = logits.softmax(dim=-1).topk(2, dim=-1)
+    if renorm is True:
         w = w / w.sum(dim=-1, keepdim=True)
     ex = block.experts
     gate, up = torch.einsum("tkoh,th->tko", ex.gate_up_proj[idx].float(), flat).chunk(2, dim=-1)
@@ -124,15 +131,15 @@ def _hand_block(block, x, masked, renorm):
 
 
 def test_reroute_equals_hand_written_router(lm, family):
-    if family not in SOFTMAX:
-        pytest.skip("hand-written router only for the softmax top-k families")
+    if family not in HAND_ROUTED:
+        pytest.skip("hand-written router only for the softmax top-k families and GraniteMoE")
     mask = _mask_for(lm)
     ids = _ids(lm, TEXTS[1])
     handles = []
     for l in lm.spec.moe_layers:
         block = lm.spec.moe_block(lm.hf, l)
         handles.append(block.register_forward_hook(
-            lambda mod, args, out, l=l: _hand_block(mod, args[0], mask[l], SOFTMAX[family])))
+            lambda mod, args, out, l=l: _hand_block(mod, args[0], mask[l], HAND_ROUTED[family])))
     try:
         with torch.no_grad():
             hand = lm.hf(ids).logits
