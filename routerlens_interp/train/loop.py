@@ -180,6 +180,9 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
     else:
         if resume and main:
             warnings.warn(f"resume=True but no checkpoint in {ckpt_dir}; starting from step 0", stacklevel=2)
+        elif state_file is not None and state_file.exists() and main:
+            warnings.warn(f"{state_file} exists and resume=False: starting over (it will be overwritten)",
+                          stacklevel=2)
         _seed_all(cfg.seed)
 
     def save_checkpoint():
