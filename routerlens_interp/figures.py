@@ -1,0 +1,50 @@
+"""``make figures``: regenerate the README's figures in ``assets/`` from the project's own code.
+
+Runs the full demo on the bundled model (seeded), then copies its PNGs and ``report.json`` into
+``assets/`` under stable names, and redraws the toy model's training curves from its log.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+KEEP = {"masking.png": "masking.png", "expert_counts.png": "expert_counts.png", "expert_diff.png": "expert_diff.png",
+        "analysis/attention_gain.png": "attention_gain.png", "analysis/apg.png": "apg.png"}
+
+
+def toy_training_figure(out: Path) -> Path:
+    """Loss and EM curves of the bundled model's pretraining → ``out/toy_training.png``."""
+    from . import plot
+    from .model import TOY_DIR
+    from .toy.figure import training_figure
+
+    return plot.save_figures({"toy_training": training_figure(TOY_DIR / "training_log.jsonl")}, out, html=False)[0]
+
+
+def main(argv: list[str] | None = None) -> None:
+    from .cli import seed_everything
+    from .demo import run_demo
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="assets")
+    p.add_argument("--seed", type=int, default=826)
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = run_demo(Path(tmp), seed=args.seed, png=True)
+        for src, dst in KEEP.items():
+            shutil.copy(Path(tmp) / src, out / dst)
+        for f in (Path(tmp) / "analysis").glob("token_attention_diff_layer*.png"):
+            shutil.copy(f, out / "token_attention_diff.png")
+    (out / "demo_report.json").write_text(json.dumps(report, indent=2, default=float))
+    toy_training_figure(out)
+    print(f"figures → {out}")
+
+
+if __name__ == "__main__":
+    main()
