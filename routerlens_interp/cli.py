@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
             t.add_argument("--experts", required=True, help="experts.json from `routerlens select`")
         t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
         t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
-        t.add_argument("--epochs", type=float, default=None)
+        t.add_argument("--epochs", type=int, default=None)
         t.add_argument("--lr", type=float, default=None)
         t.add_argument("--batch-size", type=int, default=None)
         t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
