@@ -75,3 +75,24 @@ def test_every_command_has_help():
         r = subprocess.run([sys.executable, "-m", "routerlens_interp.cli", cmd, "--help"], capture_output=True,
                            text=True)
         assert r.returncode == 0 and "--seed" in r.stdout, cmd
+
+
+def test_train_commands_write_adapters_that_evaluate_and_resume(setup, capsys):
+    d, model, data = setup
+    for cmd, extra in (("tune-router", []), ("finetune", [])):
+        code, out, err = run(capsys, cmd, "--model", model, "--data", data, "--out", d / cmd, "--max-steps", 2,
+                             "--batch-size", 2, "--json", *extra)
+        assert code == 0, err
+        assert (d / cmd / "adapter.json").exists()
+        code, out, _ = run(capsys, "evaluate", "--model", model, "--data", data, "--adapter", d / cmd, "--json",
+                           "--max-new-tokens", 3)
+        assert code == 0 and json.loads(out)["n"] == 3
+    run(capsys, "count", "--model", model, "--data", data, "--out", d / "c2.pt")
+    run(capsys, "select", "--counts", d / "c2.pt", "--n", 1, "--out", d / "e2.json")
+    code, out, err = run(capsys, "ceft", "--model", model, "--data", data, "--experts", d / "e2.json", "--out",
+                         d / "ceft", "--max-steps", 2, "--batch-size", 2, "--json")
+    assert code == 0, err
+    assert json.loads(out)["out"] == str(d / "ceft")
+    code, out, err = run(capsys, "tune-router", "--model", model, "--data", data, "--out", d / "tune-router",
+                         "--max-steps", 2, "--batch-size", 2, "--resume", "--json")
+    assert code == 0, err
