@@ -24,6 +24,13 @@ def training_figure(log_path: str | Path):
              "conflict_em": "conflict EM (context answer)", "memory_rate": "conflict memory rate"}
     for k, label in names.items():
         fig.add_scatter(x=tok, y=[r[k] for r in recs], name=label, mode="lines+markers", row=1, col=2)
+    starts = {}
+    for r, t in zip(recs, tok):
+        starts.setdefault(r.get("stage", 1), t)
+    for st, t in starts.items():  # multi-stage recipes: mark where each later stage begins
+        if st > 1:
+            for col in (1, 2):
+                fig.add_vline(x=t, line_dash="dot", line_color="grey", row=1, col=col)
     fig.update_xaxes(title_text="training tokens (millions)")
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(width=1100, height=420, template="plotly_white", legend=dict(orientation="h", y=-0.25))
