@@ -203,7 +203,7 @@ class AblationPanel:
                 with mask_experts(model, self.experts, self.mode) if self.experts else nullcontext():
                     m = self._measure(model)
         except (ValueError, KeyError, IndexError) as e:
-            out["error"] = str(e).strip("'\"")
+            out["error"] = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             nan = np.full(len(ref["lens"]), np.nan)
             out.update({"answer": None, "em": None, "f1": None, "p_answer": None, "top_token": None, "p_top": None,
                         "lens": nan, "apg": nan})
