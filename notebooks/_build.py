@@ -89,7 +89,7 @@ top1 = {l: int(np.bincount(idx[i, :, 0], minlength=lm.spec.n_experts).argmax()) 
 source = "the context" if rl.em_f1(pred, ex.answers)[0] else ("memory" if rl.em_f1(pred, [ex.memory_answer])[0] else "neither")
 print(f"The base model answered {pred!r}, i.e. from {source}; EM {scores['em']:.1f} over {scores['n']} conflict examples.")
 print(f"Final-layer p(context answer) = {p_gold[-1]:.3f} vs p(memorised answer) = {p_mem[-1]:.3f}; "
-      f"the context answer is most likely after layer {int(p_gold.argmax())} (p = {p_gold.max():.3f}).")
+      f"p(context answer) peaks after layer {int(p_gold.argmax())} at {p_gold.max():.3f}.")
 print("Most frequent top-1 expert per MoE layer for this prompt:", top1)
 print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]

@@ -242,8 +242,9 @@ class AblationPanel:
         r = r or self.result or self.update()
         apg = np.nan_to_num(np.asarray(r["apg"], dtype=float))
         lens = np.nan_to_num(np.asarray(r["lens"], dtype=float))
-        pg = ProbabilityGain(r["layers"], apg, apg[None], np.asarray(r["reference"]["lens"]), lens)
+        pg = ProbabilityGain(r["layers"], apg, None, np.asarray(r["reference"]["lens"]), lens)  # one example: no error bars
         fig = plot.answer_probability_gain(pg, title=f"APG of the mask vs no mask — p({r['answer_token'].strip()!r})")
+        fig.data[0].name = "APG (masked − no mask)"
         fig.data[1].name, fig.data[2].name = "p(answer), no mask", "p(answer), masked"
         return fig
 
