@@ -1,6 +1,7 @@
 """Write the tutorial notebooks (outputs empty) from the cell sources below.
 
     .venv/bin/python notebooks/_build.py          # rewrite notebooks/*.ipynb
+    .venv/bin/python notebooks/_build.py --check  # fail if a notebook differs (hand edits, saved outputs)
     .venv/bin/pytest --nbmake notebooks           # run them top to bottom (make test does this)
 
 Edit the cells here, not in the .ipynb files, so that the notebooks in git never hold outputs.
@@ -280,11 +281,11 @@ rl.plot.answer_probability_gain(p).show()'''),
     ("md", "## Per-token attention difference\nAt the layer with the largest context attention gain, for an "
            "example whose answer occurs in its context (answer framed)."),
     ("code", '''\
-from routerlens_interp.report import _ranges
 layer = int(g.layers[int(np.nanargmax(g.cag))]) if np.isfinite(g.cag).any() else g.layers[-1]
-ex = next(e for e in test if any(a in e.context for a in e.answers))
+ex = next((e for e in test if any(a in e.context for a in e.answers)), test[0])
 td = rl.token_attention_diff(lm, rt, ex, layer)
-rl.plot.token_attention_diff(td["tokens"], td["diff"], highlight=_ranges(td["answer_in_context"]),
+answer_tokens = [(i, i + 1) for i in td["answer_in_context"]]
+rl.plot.token_attention_diff(td["tokens"], td["diff"], highlight=answer_tokens,
                              title=f"Attention from the last prompt token, tuned − base (layer {layer})").show()'''),
     ("md", "## Attention gain vs EM gain over conditions\nFor each condition: EM gain over the base model, and the "
            "context attention gain (relative, averaged over the upper half of the layers, where the paper finds it)."),
@@ -328,21 +329,39 @@ print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]
 
 
-def build() -> list[Path]:
-    paths = []
+def notebooks() -> dict[str, str]:
+    """File name → notebook JSON text, as written by :func:`build`."""
+    out = {}
     for name, cells in NB.items():
         nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
                           metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                                     "language_info": {"name": "python"}})
         for i, c in enumerate(nb.cells):  # stable ids keep diffs small
             c["id"] = f"{name[:2]}-{i:02d}"
-        path = HERE / f"{name}.ipynb"
         nbformat.validate(nb)
-        path.write_text(nbformat.writes(nb))
-        paths.append(path)
+        out[f"{name}.ipynb"] = nbformat.writes(nb)
+    return out
+
+
+def build() -> list[Path]:
+    paths = []
+    for fname, text in notebooks().items():
+        (HERE / fname).write_text(text)
+        paths.append(HERE / fname)
     return paths
 
 
+def stale() -> list[str]:
+    """Notebooks on disk that differ from the cells here (edited by hand, or saved with outputs)."""
+    return [f for f, text in notebooks().items() if not (HERE / f).exists() or (HERE / f).read_text() != text]
+
+
 if __name__ == "__main__":
+    import sys
+
+    if "--check" in sys.argv:
+        bad = stale()
+        print("stale or holding outputs: " + ", ".join(bad) if bad else "notebooks up to date, no outputs")
+        sys.exit(1 if bad else 0)
     for p in build():
         print(p)

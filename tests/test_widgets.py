@@ -203,3 +203,23 @@ def test_default_presets_and_describe(tiny_lm):
     a, b = panel.run_preset("none"), panel.run_preset("random")
     text = describe_change(a, b)
     assert "[none] → [random]" in text and "p(answer)" in text
+
+
+def test_notebooks_match_their_generator_and_hold_no_outputs():
+    """notebooks/*.ipynb are written by notebooks/_build.py (outputs stripped); hand edits or saved outputs fail."""
+    import importlib.util
+    import json
+
+    build = Path(__file__).parent.parent / "notebooks" / "_build.py"
+    if not build.exists():
+        pytest.skip("no notebooks/ in this checkout")
+    spec = importlib.util.spec_from_file_location("_nb_build", build)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.stale() == [], "run `.venv/bin/python notebooks/_build.py` and commit the notebooks"
+    for fname, text in mod.notebooks().items():
+        nb = json.loads(text)
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        assert all(not c["outputs"] and c["execution_count"] is None for c in code), fname
+        assert nb["cells"][0]["cell_type"] == "markdown" and nb["cells"][-2]["cell_type"] == "markdown", fname
+        assert "found" in "".join(nb["cells"][-2]["source"]).lower(), fname
