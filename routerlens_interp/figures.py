@@ -31,7 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="assets")
     p.add_argument("--seed", type=int, default=826)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: fastest for the toy model)")
     args = p.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(args.seed)
