@@ -231,14 +231,24 @@ def scores(adapter=None):
         c, m = rl.evaluate(lm, test), rl.evaluate(lm, memory)
     return {"em": c["em"], "f1": c["f1"], "recall": m["em"]}
 
-rows, info = {"base": scores(), "router-tuned": scores(rt)}, {}
-for name, fit in [("CEFT", lambda: rl.ceft(lm, train, dev, experts=ces, **TRAIN)),
-                  ("FFT", lambda: rl.full_finetune(lm, train, dev, **TRAIN))]:
-    t = time.time()
-    ad = fit()
-    info[name] = {"params": ad.n_trainable, "seconds": time.time() - t,
-                  "memory_mb": (ad.metrics["grad_bytes"] + ad.metrics["optimizer_state_bytes"]) / 2**20}
-    rows[name] = scores(ad)
+def record(name, adapter, seconds):
+    info[name] = {"params": adapter.n_trainable, "seconds": seconds,
+                  "memory_mb": (adapter.metrics["grad_bytes"] + adapter.metrics["optimizer_state_bytes"]) / 2**20}
+    rows[name] = scores(adapter)
+
+rows, info = {"base": scores(), "router-tuned": scores(rt)}, {}'''),
+    ("md", "**CEFT**: only the CEs' weights are trained (all three projections of each selected expert; the other "
+           "experts stay bit-identical), starting from the base model, not the router-tuned one."),
+    ("code", '''\
+t = time.time()
+ce = rl.ceft(lm, train, dev, experts=ces, **TRAIN)
+record("CEFT", ce, time.time() - t)'''),
+    ("md", "**FFT**: every weight, same recipe."),
+    ("code", '''\
+t = time.time()
+ft = rl.full_finetune(lm, train, dev, **TRAIN)
+record("FFT", ft, time.time() - t)'''),
+    ("code", '''\
 for name, r in rows.items():
     extra = info.get(name)
     extra = f"  params {extra['params']:>10,}  grad+optimizer {extra['memory_mb']:7.2f} MiB  {extra['seconds']:5.0f} s" if extra else ""
@@ -335,7 +345,9 @@ def notebooks() -> dict[str, str]:
     for name, cells in NB.items():
         nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells],
                           metadata={"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
-                                    "language_info": {"name": "python"}})
+                                    "language_info": {"name": "python"},
+                                    # per-cell limit for nbmake/nbclient: seconds when idle, far more on a busy host
+                                    "execution": {"timeout": 900}})
         for i, c in enumerate(nb.cells):  # stable ids keep diffs small
             c["id"] = f"{name[:2]}-{i:02d}"
         nbformat.validate(nb)
