@@ -21,11 +21,12 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/routerlens demo --out $(OUT) --seed $(SEED)
 
+# One torch thread: on 2 shared cores, two threads ran the small models 20-80x slower (spin-waits).
 test: setup
-	$(VENV)/bin/pytest -q -p no:cacheprovider tests $(if $(wildcard notebooks/*.ipynb),--nbmake notebooks,)
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests $(if $(wildcard notebooks/*.ipynb),--nbmake notebooks,)
 
 test-slow: setup
-	$(VENV)/bin/pytest -q -m slow tests
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m slow tests
 
 figures: setup
 	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
