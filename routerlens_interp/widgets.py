@@ -274,6 +274,7 @@ class AblationPanel:
                     old.y = new.y
                 ui["fig"].layout.title = fig.layout.title
                 ui["fig"].layout.yaxis.range = fig.layout.yaxis.range
+                ui["fig"].layout.yaxis2.range = fig.layout.yaxis2.range
         else:
             ui["last_fig"] = fig
             if _in_kernel():  # outside Jupyter (scripts, tests) there is nothing to draw on

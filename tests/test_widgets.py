@@ -223,3 +223,24 @@ def test_notebooks_match_their_generator_and_hold_no_outputs():
         assert all(not c["outputs"] and c["execution_count"] is None for c in code), fname
         assert nb["cells"][0]["cell_type"] == "markdown" and nb["cells"][-2]["cell_type"] == "markdown", fname
         assert "found" in "".join(nb["cells"][-2]["source"]).lower(), fname
+
+
+def test_widget_with_figurewidget(tiny_lm, monkeypatch):
+    """Where plotly's FigureWidget is available (anywidget installed) the figure is updated in place."""
+    ipywidgets = pytest.importorskip("ipywidgets")
+    import plotly.graph_objects as go
+
+    class FakeFigureWidget(go.Figure):  # same update API as FigureWidget, no anywidget needed
+        pass
+
+    monkeypatch.setattr(go, "FigureWidget", FakeFigureWidget)
+    monkeypatch.setattr(ipywidgets, "VBox", lambda children, **kw: list(children))  # accepts the non-widget fake
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
+    panel.widget()
+    fig = panel._ui["fig"]
+    assert isinstance(fig, FakeFigureWidget)
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), 0.0)
+    panel.controls["preset"].value = "A"
+    assert panel._ui["fig"] is fig
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), panel.result["apg"])
+    np.testing.assert_allclose(np.asarray(fig.data[2].y, dtype=float), panel.result["lens"])
