@@ -68,12 +68,8 @@ def render(tokenizer, example: QAExample) -> tuple[str, int, int]:
             raise ValueError("the chat template changed the prompt text; cannot locate spans")
     else:
         text, start = body + PLAIN_SUFFIX, 0
-    if example.context:
-        ctx = start + OPEN_BOOK.index("{context}")
-        q = start + body.rindex(example.question)
-    else:
-        ctx, q = start, start + body.rindex(example.question)
-    return text, ctx, q
+    ctx = start + (OPEN_BOOK.index("{context}") if example.context else 0)
+    return text, ctx, start + body.rindex(example.question)
 
 
 def _positions(offsets: list[tuple[int, int]], lo: int, hi: int) -> list[int]:
@@ -101,13 +97,13 @@ def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length:
     """
     truncated = False
     ex = example
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    ans_ids = tokenizer((example.answer if chat else plain_target(example.answer)),
+                        add_special_tokens=False)["input_ids"]
     while True:
         text, ctx_start, q_start = render(tokenizer, ex)
-        chat = bool(getattr(tokenizer, "chat_template", None))
         enc = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        ans_ids = tokenizer((example.answer if chat else plain_target(example.answer)),
-                            add_special_tokens=False)["input_ids"]
         total = len(ids) + (len(ans_ids) + 1 if with_answer else 0)
         if max_length is None or total <= max_length:
             break
