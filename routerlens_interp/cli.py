@@ -123,7 +123,7 @@ def _train(args, method: str) -> None:
     else:
         dev = rl.load_dataset(args.data, split=args.dev_split, lm=lm)
     cfg = dict(out_dir=args.out, resume=args.resume, progress=True, seed=args.seed, epochs=args.epochs, lr=args.lr,
-               batch_size=args.batch_size, max_steps=args.max_steps)
+               batch_size=args.batch_size, max_steps=args.max_steps, fsdp=args.fsdp or None)
     cfg = {k: v for k, v in cfg.items() if v is not None}
     if method == "router":
         ad = rl.tune_router(lm, train, dev, **cfg)
@@ -214,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--batch-size", type=int, default=None)
         t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
         t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+        t.add_argument("--fsdp", action="store_true",
+                       help="with several processes (torchrun / accelerate launch), shard parameters, gradients "
+                            "and optimizer state over them (FSDP) instead of one model copy each (DDP)")
         t.add_argument("--out", required=True, help="output directory (checkpoints + adapter)")
         t.set_defaults(func=lambda a, m=method: _train(a, m))
 

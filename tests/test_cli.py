@@ -79,11 +79,14 @@ def test_every_command_has_help():
 
 def test_train_commands_write_adapters_that_evaluate_and_resume(setup, capsys):
     d, model, data = setup
-    for cmd, extra in (("tune-router", []), ("finetune", [])):
+    for cmd, extra in (("tune-router", []), ("finetune", ["--fsdp"])):
         code, out, err = run(capsys, cmd, "--model", model, "--data", data, "--out", d / cmd, "--max-steps", 2,
                              "--batch-size", 2, "--json", *extra)
         assert code == 0, err
         assert (d / cmd / "adapter.json").exists()
+        manifest = json.loads((d / cmd / "adapter.json").read_text())
+        # --fsdp reaches the config; one process has nothing to shard over, so it trains as before
+        assert manifest["config"]["fsdp"] == bool(extra) and manifest["metrics"]["fsdp"] is False
         code, out, _ = run(capsys, "evaluate", "--model", model, "--data", data, "--adapter", d / cmd, "--json",
                            "--max-new-tokens", 3)
         assert code == 0 and json.loads(out)["n"] == 3

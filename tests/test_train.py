@@ -1,6 +1,7 @@
 """Training loop, router tuning, CEFT and FFT on tiny models (CPU, seconds each)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -268,6 +269,78 @@ def test_two_gloo_processes_equal_one_process_with_doubled_batch(load_tiny, tiny
             torch.testing.assert_close(ddp.tensors[k], one.tensors[k], atol=1e-5, rtol=1e-4)
             assert not torch.equal(one.tensors[k], _base(lm, k, one.index[k]))  # it did train
         assert ddp.metrics["train_loss"] == pytest.approx(one.metrics["train_loss"], rel=1e-5)
+
+
+FSDP_WORKER = """
+import json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+import routerlens_interp as rl
+sys.path.insert(0, {tests!r})
+from test_train import TRAIN, DEV
+lm = rl.load({model!r})
+before = {{k: v.clone() for k, v in lm.hf.state_dict().items()}}
+classes = {{n: type(m) for n, m in lm.hf.named_modules()}}
+kw = dict(max_steps=4, lr=1e-2, batch_size=4, progress=False, eval_every=2)  # FSDP: from accelerate launch
+experts = {{0: [1, 2], 2: [5]}}
+rl.tune_router(lm, TRAIN, DEV, out_dir={out!r} + "/rt", **kw)
+rl.ceft(lm, TRAIN, DEV, experts=experts, out_dir={out!r} + "/ceft", **kw)
+rl.full_finetune(lm, TRAIN, DEV, out_dir={out!r} + "/fft", **kw)
+class Kill(Exception):
+    pass
+def kill(info):
+    if info["step"] == 2:
+        raise Kill
+try:
+    rl.ceft(lm, TRAIN, DEV, experts=experts, out_dir={out!r} + "/resumed", callback=kill, checkpoint_every=2, **kw)
+except Kill:
+    pass
+rl.ceft(lm, TRAIN, DEV, experts=experts, out_dir={out!r} + "/resumed", resume=True, checkpoint_every=2, **kw)
+after = lm.hf.state_dict()
+report = {{"unchanged": all(torch.equal(before[k], after[k]) for k in before) and set(before) == set(after),
+          "plain": all(type(v) is torch.Tensor for v in after.values()),
+          "classes": {{n: type(m) for n, m in lm.hf.named_modules()}} == classes}}
+if torch.distributed.get_rank() == 0:
+    json.dump(report, open({out!r} + "/report.json", "w"))
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(not _gloo_ok(), reason="torch.distributed with gloo is unavailable")
+def test_fsdp_two_gloo_processes_equal_one_process_with_doubled_batch(load_tiny, tiny_paths, tmp_path):
+    """FSDP (torch ``fully_shard``, parameters, gradients and AdamW state sharded over 2 gloo processes ×
+    2 examples per step, started by ``accelerate launch --use_fsdp``) gives the same tensors as 1 process ×
+    4 examples, for RT, CEFT (whose trained rows must reach the sharded base for backward) and FFT; a
+    killed and resumed FSDP run equals an uninterrupted one; the model is left unsharded and unchanged."""
+    script = tmp_path / "worker.py"
+    out = tmp_path / "fsdp"
+    script.write_text(FSDP_WORKER.format(tests=str(Path(__file__).parent), model=tiny_paths["olmoe"], out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp", "--fsdp_version", "2", "--num_processes",
+           "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text()) == {"unchanged": True, "plain": True, "classes": True}
+    lm = load_tiny("olmoe")
+    kw = dict(max_steps=4, lr=1e-2, batch_size=4, progress=False, eval_every=2)
+    experts = {0: [1, 2], 2: [5]}
+    for name, one in (("rt", rl.tune_router(lm, TRAIN, DEV, **kw)),
+                      ("ceft", rl.ceft(lm, TRAIN, DEV, experts=experts, **kw)),
+                      ("fft", rl.full_finetune(lm, TRAIN, DEV, **kw))):
+        runs = [rl.load_adapter(out / name)] + ([rl.load_adapter(out / "resumed")] if name == "ceft" else [])
+        for got in runs:
+            assert got.metrics["processes"] == 2 and got.metrics["fsdp"] and not one.metrics["fsdp"]
+            assert set(got.tensors) == set(one.tensors)
+            for k in one.tensors:
+                torch.testing.assert_close(got.tensors[k], one.tensors[k], atol=1e-5, rtol=1e-4)
+            assert got.metrics["best_step"] == one.metrics["best_step"]
+            for h, h1 in zip(got.metrics["history"], one.metrics["history"], strict=True):
+                assert h["dev_loss"] == pytest.approx(h1["dev_loss"], rel=1e-5)
+        assert sum(not torch.equal(one.tensors[k], _base(lm, k, one.index[k])) for k in one.tensors) > 0
+    # each process held half of the AdamW state (2 tensors of the trained size, float32; step counters)
+    rt = rl.load_adapter(out / "rt")
+    assert rt.metrics["optimizer_state_bytes"] == 2 * 4 * rt.n_trainable // 2 + 4 * len(rt.tensors)
 
 
 def _base(lm, name, index):

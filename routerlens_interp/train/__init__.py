@@ -9,9 +9,10 @@
         ...
 
 Several processes (DDP) run the same script: ``accelerate launch --multi_gpu --num_processes N
-script.py`` on GPUs; on CPUs ``torchrun --nproc_per_node N script.py`` (gloo), since
-``accelerate launch --cpu`` starts a single process. ``batch_size`` is global, so the result does not
-depend on the number of processes.
+script.py``, on GPUs and on CPUs (gloo), or ``torchrun --nproc_per_node N script.py`` (``accelerate
+launch --cpu`` starts a single process). ``fsdp=True`` or ``accelerate launch --use_fsdp --fsdp_version 2``
+shards the model instead (:mod:`.fsdp`). ``batch_size`` is global, so the result does not depend on the
+number of processes.
 """
 from .adapters import Adapter, ExpertAdapter, FullAdapter, RouterAdapter, load_adapter
 from .config import TrainConfig

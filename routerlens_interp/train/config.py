@@ -9,7 +9,7 @@ __all__ = ["TrainConfig"]
 
 # Fields that change how a run is executed or reported but not what it computes: left out of the hash,
 # so a run may be resumed with a different checkpoint cadence or progress setting.
-_NOT_HASHED = {"checkpoint_every", "eval_batch_size"}
+_NOT_HASHED = {"checkpoint_every", "eval_batch_size", "fsdp"}
 
 
 @dataclass
@@ -38,6 +38,10 @@ class TrainConfig:
         eval_batch_size: dev micro-batch size per process (8).
         checkpoint_every: write ``out_dir/checkpoint`` every this many steps (50; 0 = only at the end).
         max_steps: stop after this many optimizer steps (overrides ``epochs``; for smoke runs).
+        fsdp: with several processes, shard parameters, gradients and AdamW state over them (torch
+            FSDP2, one shard group per decoder layer) instead of keeping a model copy per process
+            (DDP). Also on when launched with ``accelerate launch --use_fsdp``. Ignored by a single
+            process. Same updates as DDP up to float rounding, so a run may resume with the other.
     """
 
     epochs: int = 3
@@ -56,6 +60,7 @@ class TrainConfig:
     eval_batch_size: int = 8
     checkpoint_every: int = 50
     max_steps: int | None = None
+    fsdp: bool = False
 
     @classmethod
     def make(cls, config: "TrainConfig | dict | None" = None, **overrides) -> "TrainConfig":

@@ -3,8 +3,10 @@
 Answer-only next-token cross-entropy (prompt tokens masked, EOS included), no load-balancing loss
 (``output_router_logits=False``), AdamW over the method's trainable tensors only, cosine schedule with
 linear warm-up, dev loss at fixed fractions of training with the best tensors kept, gradient
-accumulation, resumable checkpoints. Runs unchanged under several processes (DDP through
-``accelerate``): start it with ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs, or
+accumulation, resumable checkpoints. Runs unchanged under several processes: DDP through ``accelerate``
+(a model copy per process), or FSDP (``fsdp=True`` or ``accelerate launch --use_fsdp``: parameters,
+gradients and AdamW state sharded over the processes, see :mod:`.fsdp`). Start it with
+``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs, or
 ``torchrun --nproc_per_node N script.py`` on CPUs (gloo backend).
 """
 from __future__ import annotations
@@ -15,7 +17,7 @@ import random
 import statistics
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from .config import TrainConfig
+from .fsdp import full, full_optimizer_state, load_optimizer_state, local, sharded
 from .data import Item, answer_loss, collate, data_hash, global_batch, n_answer_tokens, shard, steps_per_epoch
 from .params import Trainable
 
@@ -48,19 +51,30 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_accelerator(lm):
-    """An ``accelerate.Accelerator`` for ``lm``; moves the model to this process's device when several
-    processes run (a single process keeps the model where the user put it)."""
+def make_accelerator(lm, fsdp: bool = False):
+    """An ``accelerate.Accelerator`` for ``lm``. With several processes and DDP the model is moved to this
+    process's device; with FSDP (``fsdp=True``, or launched with ``accelerate launch --use_fsdp``) it stays
+    where it is (load it on the CPU): :func:`train` moves only this process's shard to the device. A
+    single process keeps the model where the user put it."""
     from accelerate import Accelerator
 
     # accelerate only picks the gloo/MULTI_CPU path with cpu=True; on a CUDA machine keep GPUs usable.
     acc = Accelerator(cpu=not torch.cuda.is_available(), device_placement=False)
-    if acc.distributed_type.name == "FSDP" or "DEEPSPEED" in acc.distributed_type.name:
-        raise NotImplementedError("routerlens training supports DDP (the model replicated on every device); "
-                                  f"{acc.distributed_type.name} sharding is not supported yet")
-    if acc.num_processes > 1 and lm.device != acc.device:
+    if "DEEPSPEED" in acc.distributed_type.name or "MEGATRON" in acc.distributed_type.name:
+        raise NotImplementedError(f"routerlens training supports DDP and FSDP, not {acc.distributed_type.name}; "
+                                  "launch without --use_deepspeed (add fsdp=True / --fsdp to shard the model)")
+    if acc.num_processes > 1 and not uses_fsdp(acc, fsdp) and lm.device != acc.device:
         lm.hf.to(acc.device)
     return acc
+
+
+def uses_fsdp(acc, fsdp: bool) -> bool:
+    """FSDP applies with several processes when asked for by the config or by ``accelerate launch
+    --use_fsdp --fsdp_version 2`` (read from the environment: on CPUs accelerate itself reports MULTI_CPU).
+
+    accelerate's FSDP plugin settings are not used: :mod:`.fsdp` shards each decoder layer itself."""
+    asked = fsdp or acc.distributed_type.name == "FSDP" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    return acc.num_processes > 1 and asked
 
 
 def _rng_state() -> dict:
@@ -95,21 +109,30 @@ def _eval_steps(cfg: TrainConfig, total: int) -> set[int]:
 
 
 @torch.no_grad()
-def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8) -> float:
+def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8, lockstep: bool = False) -> float:
     """Mean answer-token cross-entropy over ``items`` (each process takes every P-th example, sums are
-    all-reduced). ``nan`` for an empty dev set."""
+    all-reduced). ``nan`` for an empty dev set.
+
+    ``lockstep``: every process runs the same number of forward passes (FSDP all-gathers weights inside
+    forward, so a process that stopped early would leave the others waiting); the padding passes reuse
+    the first example and are not counted."""
     rank, world = (acc.process_index, acc.num_processes) if acc is not None else (0, 1)
     was_training = lm.hf.training
     lm.hf.eval()
     mine = items[rank::world]
     total = torch.zeros(2, dtype=torch.float64, device=lm.device)
+    n_batches = math.ceil(len(mine) / batch_size)
+    if lockstep and items:
+        n_batches = math.ceil(math.ceil(len(items) / world) / batch_size)  # process 0 has the most
     with parametrize.cached():
-        for i in range(0, len(mine), batch_size):
-            mb = collate(mine[i:i + batch_size], lm.tokenizer.pad_token_id, lm.device)
+        for i in range(0, n_batches * batch_size, batch_size):
+            chunk = mine[i:i + batch_size]
+            mb = collate(chunk or items[:1], lm.tokenizer.pad_token_id, lm.device)
             out = lm.hf(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
                         output_router_logits=False, use_cache=False)
-            total[0] += answer_loss(out.logits, mb["labels"]).double()
-            total[1] += (mb["labels"][:, 1:] != -100).sum()
+            if chunk:
+                total[0] += answer_loss(out.logits, mb["labels"]).double()
+                total[1] += (mb["labels"][:, 1:] != -100).sum()
     if world > 1:
         total = acc.reduce(total, reduction="sum")
     lm.hf.train(was_training)
@@ -117,7 +140,8 @@ def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8) -> float:
 
 
 def _state_bytes(opt) -> int:
-    return sum(t.numel() * t.element_size() for s in opt.state.values() for t in s.values()
+    """Bytes of optimizer state held by this process (its shards under FSDP)."""
+    return sum(local(t).numel() * t.element_size() for s in opt.state.values() for t in s.values()
                if torch.is_tensor(t))
 
 
@@ -137,8 +161,9 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
             "lr", "dev_loss"}``; an exception it raises stops training (a checkpoint is written first).
         hash_extra: method, experts, ... folded into the config hash that guards resuming.
     """
-    acc = acc or make_accelerator(lm)
+    acc = acc or make_accelerator(lm, config.fsdp)
     rank, world, main = acc.process_index, acc.num_processes, acc.is_main_process
+    fsdp = uses_fsdp(acc, config.fsdp)
     cfg = config
     n = len(train_items)
     if n == 0:
@@ -146,11 +171,7 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
     spe = steps_per_epoch(n, cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * spe
     keys = list(trainable.params)
-    params = [trainable.params[k] for k in keys]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    from transformers import get_cosine_schedule_with_warmup
-
-    sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup * total), total)
+    originals = [trainable.params[k] for k in keys]  # the model's own tensors (restored after FSDP)
     chash = cfg.config_hash(**(hash_extra or {}))
     dhash = data_hash(train_items)
     ckpt_dir = Path(out_dir) / CKPT if out_dir is not None else None
@@ -159,6 +180,7 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
     step, history, tokens, seconds = 0, [], 0, 0.0
     best = {"loss": float("inf"), "step": None, "tensors": None}
     state_file = ckpt_dir / "state.pt" if ckpt_dir else None
+    st = None
     if resume and state_file is not None and state_file.exists():
         st = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file
         for what, mine, theirs in (("training config", chash, st["config_hash"]),
@@ -166,11 +188,9 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
             if mine != theirs:
                 raise ValueError(f"cannot resume from {state_file}: it was written with different {what}; "
                                  f"use a new out_dir or resume=False to start over")
-        with torch.no_grad():
-            for k, p in zip(keys, params):
+        with torch.no_grad():  # into the unsharded tensors: FSDP shards them from there
+            for k, p in zip(keys, originals):
                 p.copy_(st["trainable"][k].to(p.device))
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
         step, history, tokens, seconds, best = st["step"], st["history"], st["tokens"], st["seconds"], st["best"]
         if len(st["rng"]) == world:
             _set_rng_state(st["rng"][rank])
@@ -185,133 +205,187 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
                           stacklevel=2)
         _seed_all(cfg.seed)
 
-    def save_checkpoint():
-        if ckpt_dir is None:
+    hf = lm.hf
+    was_training = hf.training
+    stack = ExitStack()
+    try:
+        if fsdp:  # the optimizer must see the sharded tensors that replace the originals
+            shards, sync = stack.enter_context(sharded(lm, trainable, acc.device))
+            params, model = [shards[k] for k in keys], hf
+        else:
+            params, sync = originals, (lambda: None)
+            model = acc.prepare_model(hf)  # DDP wrapper when several processes; hf itself otherwise
+            stack.callback(acc.unwrap_model, model, keep_fp32_wrapper=False)  # restore a patched forward
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                weight_decay=cfg.weight_decay)
+        from transformers import get_cosine_schedule_with_warmup
+
+        sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup * total), total)
+        if st is not None:
+            load_optimizer_state(opt, st["optimizer"])
+            sched.load_state_dict(st["scheduler"])
+            sync()
+        run = _Run(lm, model, acc, cfg, fsdp, keys, params, opt, sched, sync, train_items, dev_items, total, evals,
+                   ckpt_dir, {"config_hash": chash, "data_hash": dhash}, callback,
+                   step=step, history=history, tokens=tokens, seconds=seconds, best=best)
+        run.loop(progress and main, desc)
+        stack.close()  # FSDP: gathers the trained values into the original tensors (every process)
+    finally:
+        stack.close()
+        hf.train(was_training)
+        for p in originals:
+            p.grad = None
+    step, history, tokens, seconds, best = run.step, run.history, run.tokens, run.seconds, run.best
+    if best["tensors"] is None:  # no dev set: the last step is the result
+        best = {"loss": best["loss"], "step": step, "tensors": {k: p.detach().cpu().clone() for k, p in
+                                                                zip(keys, originals)}}
+    with torch.no_grad():  # leave the best tensors in place, as the docs promise "best restored at the end"
+        for k, p in zip(keys, originals):
+            p.copy_(best["tensors"][k].to(p.device))
+    dev_final = history[-1]["dev_loss"] if history else None
+    measured = run.step_times[1:] or run.step_times  # the first step pays for allocation and warm-up
+    metrics = {**run.metrics,
+        "steps": step, "best_step": best["step"],
+        "best_dev_loss": best["loss"] if math.isfinite(best["loss"]) else None, "final_dev_loss": dev_final,
+        "train_loss": run.last_loss if run.step_times else None, "seconds": seconds, "tokens": tokens,
+        "tokens_per_s": tokens / seconds if seconds else None,
+        "step_seconds": statistics.median(measured) if measured else None,
+        "step_seconds_min": min(measured) if measured else None,
+        "trainable_params": sum(p.numel() for p in originals),
+        "grad_bytes": sum(p.numel() * p.element_size() for p in originals),
+        "optimizer_state_bytes": run.opt_bytes, "processes": world, "fsdp": fsdp,
+        "n_train": n, "n_dev": len(dev_items), "config_hash": chash,
+    }
+    if torch.cuda.is_available() and lm.device.type == "cuda":
+        metrics["peak_memory_bytes"] = torch.cuda.max_memory_allocated(lm.device)
+    return TrainResult(best["tensors"], metrics, history)
+
+
+class _Run:
+    """The state of one training run between steps, and the step loop itself (see :func:`train`)."""
+
+    def __init__(self, lm, model, acc, cfg, fsdp, keys, params, opt, sched, sync, train_items, dev_items, total,
+                 evals, ckpt_dir, hashes, callback, *, step, history, tokens, seconds, best):
+        self.__dict__.update(locals())
+        del self.__dict__["self"]
+        self.step_times, self.last_loss, self.opt_bytes = [], float("nan"), 0
+        self.metrics = {"initial_dev_loss": None}
+
+    def dev(self) -> float:
+        return dev_loss(self.lm, self.dev_items, self.acc, self.cfg.eval_batch_size, lockstep=self.fsdp)
+
+    def save_checkpoint(self) -> None:
+        if self.ckpt_dir is None:
             return
+        acc, world = self.acc, self.acc.num_processes
         rng = _rng_state()
-        if world > 1:  # every process's random streams, so a resumed DDP run continues each exactly
+        if world > 1:  # every process's random streams, so a resumed run continues each exactly
             rngs = [None] * world
             torch.distributed.all_gather_object(rngs, rng)
         else:
             rngs = [rng]
-        if main:
-            ckpt_dir.mkdir(parents=True, exist_ok=True)
-            st = {"version": 1, "step": step, "total": total, "config_hash": chash, "data_hash": dhash,
-                  "keys": keys, "trainable": {k: p.detach().cpu() for k, p in zip(keys, params)},
-                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rngs, "best": best,
-                  "history": history, "tokens": tokens, "seconds": seconds}
+        # Whole tensors (collectives under FSDP: every process takes part, the main one writes).
+        trainable = {k: full(p).detach().cpu() for k, p in zip(self.keys, self.params)}
+        optimizer = full_optimizer_state(self.opt)
+        if acc.is_main_process:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            st = {"version": 1, "step": self.step, "total": self.total, **self.hashes, "keys": self.keys,
+                  "trainable": trainable, "optimizer": optimizer, "scheduler": self.sched.state_dict(),
+                  "rng": rngs, "best": self.best, "history": self.history, "tokens": self.tokens,
+                  "seconds": self.seconds}
+            state_file = self.ckpt_dir / "state.pt"
             tmp = state_file.with_suffix(".tmp")
             torch.save(st, tmp)
             os.replace(tmp, state_file)  # atomic: a kill mid-write leaves the previous checkpoint intact
         acc.wait_for_everyone()
 
-    hf = lm.hf
-    model = acc.prepare_model(hf)  # DDP wrapper when several processes; hf itself otherwise
-    was_training = hf.training
-    pad = lm.tokenizer.pad_token_id
-    if torch.cuda.is_available() and lm.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(lm.device)
-    metrics = {"initial_dev_loss": None}
-    if dev_items and step == 0:
-        metrics["initial_dev_loss"] = dev_loss(lm, dev_items, acc, cfg.eval_batch_size)
-    bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
+    def loop(self, progress: bool, desc: str) -> None:
+        lm, model, acc, cfg, opt, params = self.lm, self.model, self.acc, self.cfg, self.opt, self.params
+        rank, world = acc.process_index, acc.num_processes
+        items, n, pad = self.train_items, len(self.train_items), lm.tokenizer.pad_token_id
+        if torch.cuda.is_available() and lm.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(lm.device)
+        if self.dev_items and self.step == 0:
+            self.metrics["initial_dev_loss"] = self.dev()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, initial=step, desc=desc, unit="step", dynamic_ncols=True)
-    step_times, last_loss, opt_bytes, saved_at, in_update = [], float("nan"), 0, step, False
-    try:
-        while step < total:
-            t0 = time.perf_counter()
-            batch = global_batch(n, cfg.batch_size, step, cfg.seed)
-            n_tok = n_answer_tokens([train_items[i] for i in batch])  # same on every process
-            micro = shard(batch, world, rank, cfg.grad_accum)
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=lm.device)
-            step_tokens = torch.zeros((), dtype=torch.long, device=lm.device)
-            for a, idxs in enumerate(micro):
-                mb = collate([train_items[i] for i in idxs], pad, lm.device)
-                sync = a == len(micro) - 1
-                with (acc.no_sync(model) if world > 1 and not sync else nullcontext()), parametrize.cached():
-                    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
-                                output_router_logits=False, use_cache=False)
-                    s = answer_loss(out.logits, mb["labels"])
-                    # DDP averages gradients over processes; scaling by world / global token count makes
-                    # the sum over processes and micro-batches the mean over the whole global batch.
-                    acc.backward(s * (world / n_tok))
-                loss_sum += s.detach().double()
-                step_tokens += mb["attention_mask"].sum()
-                del out, s
-            if world > 1:
-                loss_sum = acc.reduce(loss_sum, reduction="sum")
-                step_tokens = acc.reduce(step_tokens, reduction="sum")
-            in_update = True  # an interrupt inside the update would leave tensors half-written: no save then
-            if cfg.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            in_update = False
-            if not opt_bytes:
-                opt_bytes = _state_bytes(opt)
-            last_loss = float(loss_sum) / n_tok
-            dt = time.perf_counter() - t0
-            step_times.append(dt)
-            seconds += dt
-            tokens += int(step_tokens)
-            dl = None
-            if step in evals and dev_items:
-                dl = dev_loss(lm, dev_items, acc, cfg.eval_batch_size)
-                history.append({"step": step, "dev_loss": dl})
-                if dl < best["loss"]:
-                    best = {"loss": dl, "step": step, "tensors": {k: p.detach().cpu().clone() for k, p in
-                                                                  zip(keys, params)}}
+            bar = tqdm(total=self.total, initial=self.step, desc=desc, unit="step", dynamic_ncols=True)
+        saved_at, in_update = self.step, False
+        try:
+            while self.step < self.total:
+                t0 = time.perf_counter()
+                batch = global_batch(n, cfg.batch_size, self.step, cfg.seed)
+                n_tok = n_answer_tokens([items[i] for i in batch])  # same on every process
+                micro = shard(batch, world, rank, cfg.grad_accum)
+                model.train()
+                loss_sum = torch.zeros((), dtype=torch.float64, device=lm.device)
+                step_tokens = torch.zeros((), dtype=torch.long, device=lm.device)
+                for a, idxs in enumerate(micro):
+                    mb = collate([items[i] for i in idxs], pad, lm.device)
+                    # DDP: all-reduce the gradients only after the last micro-batch. (FSDP reduce-scatters
+                    # after each one: keeping whole unsharded gradients would defeat the sharding.)
+                    skip_sync = world > 1 and not self.fsdp and a < len(micro) - 1
+                    with (acc.no_sync(model) if skip_sync else nullcontext()), parametrize.cached():
+                        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                                    output_router_logits=False, use_cache=False)
+                        s = answer_loss(out.logits, mb["labels"])
+                        # DDP and FSDP average gradients over processes; scaling by world / global token
+                        # count makes the sum over processes and micro-batches the global-batch mean.
+                        acc.backward(s * (world / n_tok))
+                    loss_sum += s.detach().double()
+                    step_tokens += mb["attention_mask"].sum()
+                    del out, s
+                if world > 1:
+                    loss_sum = acc.reduce(loss_sum, reduction="sum")
+                    step_tokens = acc.reduce(step_tokens, reduction="sum")
+                in_update = True  # an interrupt inside the update would leave tensors half-written: no save
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                self.sync()  # FSDP + CEFT: the sharded base must hold the new rows (see .fsdp)
+                self.sched.step()
+                opt.zero_grad(set_to_none=True)
+                self.step += 1
+                in_update = False
+                if not self.opt_bytes:
+                    self.opt_bytes = _state_bytes(opt)
+                self.last_loss = float(loss_sum) / n_tok
+                dt = time.perf_counter() - t0
+                self.step_times.append(dt)
+                self.seconds += dt
+                self.tokens += int(step_tokens)
+                dl = None
+                if self.step in self.evals and self.dev_items:
+                    dl = self.dev()
+                    self.history.append({"step": self.step, "dev_loss": dl})
+                    if dl < self.best["loss"]:
+                        self.best = {"loss": dl, "step": self.step,
+                                     "tensors": {k: full(p).detach().cpu().clone() for k, p in
+                                                 zip(self.keys, params)}}
+                if bar is not None:
+                    post = {"loss": f"{self.last_loss:.4f}", "tok/s": f"{self.tokens / max(self.seconds, 1e-9):.0f}"}
+                    if self.history:
+                        post["dev"] = f"{self.history[-1]['dev_loss']:.4f}"
+                    bar.set_postfix(post, refresh=False)
+                    bar.update(1)
+                if self.step == self.total or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
+                    self.save_checkpoint()
+                    saved_at = self.step
+                if self.callback is not None:
+                    self.callback({"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
+                                   "dev_loss": dl})
+            if saved_at != self.step:
+                self.save_checkpoint()
+        except BaseException:
+            # Single process: keep every finished step. (With several processes an exception on one would
+            # leave the others waiting in a collective, so they rely on the periodic checkpoints.)
+            if world == 1 and not in_update and self.step > saved_at:
+                self.save_checkpoint()
+            raise
+        finally:
             if bar is not None:
-                post = {"loss": f"{last_loss:.4f}", "tok/s": f"{tokens / max(seconds, 1e-9):.0f}"}
-                if history:
-                    post["dev"] = f"{history[-1]['dev_loss']:.4f}"
-                bar.set_postfix(post, refresh=False)
-                bar.update(1)
-            if step == total or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-                save_checkpoint()
-                saved_at = step
-            if callback is not None:
-                callback({"step": step, "loss": last_loss, "lr": sched.get_last_lr()[0], "dev_loss": dl})
-        if saved_at != step:
-            save_checkpoint()
-    except BaseException:
-        # Single process: keep every finished step. (With several processes an exception on one would
-        # leave the others waiting in a collective, so they rely on the periodic checkpoints.)
-        if world == 1 and not in_update and step > saved_at:
-            save_checkpoint()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-        acc.unwrap_model(model, keep_fp32_wrapper=False)  # restore hf.forward if accelerate patched it
-        hf.train(was_training)
-        opt.zero_grad(set_to_none=True)
-    if best["tensors"] is None:  # no dev set: the last step is the result
-        best = {"loss": best["loss"], "step": step, "tensors": {k: p.detach().cpu().clone() for k, p in
-                                                                zip(keys, params)}}
-    with torch.no_grad():  # leave the best tensors in place, as the docs promise "best restored at the end"
-        for k, p in zip(keys, params):
-            p.copy_(best["tensors"][k].to(p.device))
-    dev_final = history[-1]["dev_loss"] if history else None
-    measured = step_times[1:] or step_times  # the first step pays for allocation and warm-up
-    metrics.update({
-        "steps": step, "best_step": best["step"],
-        "best_dev_loss": best["loss"] if math.isfinite(best["loss"]) else None, "final_dev_loss": dev_final,
-        "train_loss": last_loss if step_times else None, "seconds": seconds, "tokens": tokens,
-        "tokens_per_s": tokens / seconds if seconds else None,
-        "step_seconds": statistics.median(measured) if measured else None,
-        "step_seconds_min": min(measured) if measured else None,
-        "trainable_params": sum(p.numel() for p in params),
-        "grad_bytes": sum(p.numel() * p.element_size() for p in params),
-        "optimizer_state_bytes": opt_bytes or _state_bytes(opt), "processes": world,
-        "n_train": n, "n_dev": len(dev_items), "config_hash": chash,
-    })
-    if torch.cuda.is_available() and lm.device.type == "cuda":
-        metrics["peak_memory_bytes"] = torch.cuda.max_memory_allocated(lm.device)
-    return TrainResult(best["tensors"], metrics, history)
+                bar.close()
+            opt.zero_grad(set_to_none=True)
+        self.opt_bytes = self.opt_bytes or _state_bytes(opt)
