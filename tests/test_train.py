@@ -179,6 +179,54 @@ def test_gradient_accumulation_matches_one_big_batch(load_tiny):
         torch.testing.assert_close(a.tensors[k], b.tensors[k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("family", ["olmoe", "granitemoe"])  # granitemoe scales its logits after the head
+def test_loss_from_answer_positions_only_equals_the_full_loss(load_tiny, family):
+    """The loop runs the LM head only where the loss reads it; the loss and router gradients equal a
+    hand-computed cross-entropy over the full logits."""
+    from routerlens_interp.train.data import collate, prepare
+    from routerlens_interp.train.loop import _forward_loss
+    from routerlens_interp.train.params import router_trainable
+
+    lm = load_tiny(family)
+    items, _ = prepare(lm, TRAIN[:3] + [QAExample("Gus lives in Rome, not in Paris or Oslo.", "Where?", ["Rome"])],
+                       300)
+    mb = collate(items, lm.tokenizer.pad_token_id, lm.device)
+    seen = []
+    hook = lm.spec.unembed(lm.hf).register_forward_hook(lambda m, a, o: seen.append(a[0].shape[1]))
+    with router_trainable(lm) as t:
+        got = _forward_loss(lm.hf, lm.hf, mb)
+        got.backward()
+        g_got = [p.grad.clone() for p in t.params.values()]
+        for p in t.params.values():
+            p.grad = None
+        logits = lm.hf(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"]).logits.float()
+        logp = logits.log_softmax(-1)
+        want = sum(-logp[b, t - 1, mb["labels"][b, t]] for b in range(len(items))
+                   for t in range(mb["labels"].shape[1]) if mb["labels"][b, t] != -100)
+        want.backward()
+        g_want = [p.grad for p in t.params.values()]
+        for p in t.params.values():
+            p.grad = None
+    hook.remove()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    T = mb["input_ids"].shape[1]
+    answer_len = max(len(it.input_ids) - it.prompt_len for it in items)
+    assert answer_len <= seen[0] < T // 2 and seen[1] == T  # the head saw the answer span, not the prompt
+
+
+def test_gradients_left_on_the_model_do_not_enter_the_first_step(load_tiny):
+    lm = load_tiny("olmoe")
+    kw = dict(max_steps=2, lr=1e-2, batch_size=4, progress=False)
+    clean = rl.tune_router(lm, TRAIN, **kw)
+    for layer in lm.spec.moe_layers:  # e.g. from a user's own backward call before training
+        w = lm.spec.router(lm.hf, layer).weight
+        w.grad = torch.full_like(w, 5.0)
+    again = rl.tune_router(lm, TRAIN, **kw)
+    assert all(torch.equal(clean.tensors[k], again.tensors[k]) for k in clean.tensors)
+
+
 # --- resume ------------------------------------------------------------------------------------
 class Kill(Exception):
     pass

@@ -11,6 +11,7 @@ gradients and AdamW state sharded over the processes, see :mod:`.fsdp`). Start i
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import random
@@ -26,8 +27,9 @@ import torch
 from torch.nn.utils import parametrize
 
 from .config import TrainConfig
+from .data import (Item, answer_loss, answer_positions, collate, data_hash, global_batch, n_answer_tokens, shard,
+                   steps_per_epoch)
 from .fsdp import full, full_optimizer_state, load_optimizer_state, local, sharded
-from .data import Item, answer_loss, collate, data_hash, global_batch, n_answer_tokens, shard, steps_per_epoch
 from .params import Trainable
 
 __all__ = ["TrainResult", "make_accelerator", "train", "dev_loss"]
@@ -75,6 +77,17 @@ def uses_fsdp(acc, fsdp: bool) -> bool:
     accelerate's FSDP plugin settings are not used: :mod:`.fsdp` shards each decoder layer itself."""
     asked = fsdp or acc.distributed_type.name == "FSDP" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     return acc.num_processes > 1 and asked
+
+
+def _forward_loss(model, hf, mb: dict) -> torch.Tensor:
+    """Summed answer-token loss of one micro-batch; the LM head runs only at the answer positions when
+    the model's forward takes ``logits_to_keep`` (transformers' causal LMs do), else on every position."""
+    keep = {}
+    if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+        keep = {"logits_to_keep": answer_positions(mb["labels"])}
+    out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], output_router_logits=False,
+                use_cache=False, **keep)
+    return answer_loss(out.logits, mb["labels"], keep.get("logits_to_keep"))
 
 
 def _rng_state() -> dict:
@@ -128,10 +141,9 @@ def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8, lockstep: boo
         for i in range(0, n_batches * batch_size, batch_size):
             chunk = mine[i:i + batch_size]
             mb = collate(chunk or items[:1], lm.tokenizer.pad_token_id, lm.device)
-            out = lm.hf(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
-                        output_router_logits=False, use_cache=False)
+            s = _forward_loss(lm.hf, lm.hf, mb)
             if chunk:
-                total[0] += answer_loss(out.logits, mb["labels"]).double()
+                total[0] += s.double()
                 total[1] += (mb["labels"][:, 1:] != -100).sum()
     if world > 1:
         total = acc.reduce(total, reduction="sum")
@@ -218,6 +230,7 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
             stack.callback(acc.unwrap_model, model, keep_fp32_wrapper=False)  # restore a patched forward
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                 weight_decay=cfg.weight_decay)
+        opt.zero_grad(set_to_none=True)  # gradients left by earlier backward calls would join the first step
         from transformers import get_cosine_schedule_with_warmup
 
         sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup * total), total)
@@ -328,15 +341,13 @@ class _Run:
                     # after each one: keeping whole unsharded gradients would defeat the sharding.)
                     skip_sync = world > 1 and not self.fsdp and a < len(micro) - 1
                     with (acc.no_sync(model) if skip_sync else nullcontext()), parametrize.cached():
-                        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
-                                    output_router_logits=False, use_cache=False)
-                        s = answer_loss(out.logits, mb["labels"])
+                        s = _forward_loss(model, lm.hf, mb)
                         # DDP and FSDP average gradients over processes; scaling by world / global token
                         # count makes the sum over processes and micro-batches the global-batch mean.
                         acc.backward(s * (world / n_tok))
                     loss_sum += s.detach().double()
                     step_tokens += mb["attention_mask"].sum()
-                    del out, s
+                    del s
                 if world > 1:
                     loss_sum = acc.reduce(loss_sum, reduction="sum")
                     step_tokens = acc.reduce(step_tokens, reduction="sum")
