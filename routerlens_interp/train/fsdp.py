@@ -105,12 +105,16 @@ def _expert_slices(hf: nn.Module):
 def _sync_rows(pairs) -> None:
     """Copy every ExpertSlices' trained rows into its sharded base (each process writes the rows of its
     own chunk; chunks follow ``torch.chunk`` along dim 0, as FSDP and DTensor ``Shard(0)`` do)."""
+    from torch.distributed.tensor import Shard
+
     for plist, es in pairs:
         base, rows = plist.original, full(es.slices)  # slices: [n, ...], all processes get all rows
         shard = local(base)
         if not _is_dtensor(base):
             shard.index_copy_(0, es.idx, rows)
             continue
+        if base.device_mesh.ndim != 1 or base.placements[0] != Shard(0):  # FSDP's default, used by sharded()
+            raise NotImplementedError(f"CEFT under FSDP needs experts sharded on dim 0, got {base.placements}")
         chunk = math.ceil(base.shape[0] / base.device_mesh.size())
         start = base.device_mesh.get_local_rank() * chunk
         for j, e in enumerate(es.idx.tolist()):
