@@ -219,32 +219,32 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
 
     hf = lm.hf
     was_training = hf.training
-    stack = ExitStack()
     try:
-        if fsdp:  # the optimizer must see the sharded tensors that replace the originals
-            shards, sync = stack.enter_context(sharded(lm, trainable, acc.device))
-            params, model = [shards[k] for k in keys], hf
-        else:
-            params, sync = originals, (lambda: None)
-            model = acc.prepare_model(hf)  # DDP wrapper when several processes; hf itself otherwise
-            stack.callback(acc.unwrap_model, model, keep_fp32_wrapper=False)  # restore a patched forward
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
-        opt.zero_grad(set_to_none=True)  # gradients left by earlier backward calls would join the first step
-        from transformers import get_cosine_schedule_with_warmup
+        # On an exception the stack sees it: FSDP then skips its (collective) gather and only unshards.
+        with ExitStack() as stack:
+            if fsdp:  # the optimizer must see the sharded tensors that replace the originals
+                shards, sync = stack.enter_context(sharded(lm, trainable, acc.device))
+                params, model = [shards[k] for k in keys], hf
+            else:
+                params, sync = originals, (lambda: None)
+                model = acc.prepare_model(hf)  # DDP wrapper when several processes; hf itself otherwise
+                stack.callback(acc.unwrap_model, model, keep_fp32_wrapper=False)  # restore a patched forward
+            opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                    weight_decay=cfg.weight_decay)
+            opt.zero_grad(set_to_none=True)  # gradients left by earlier backward calls would join step 1
+            from transformers import get_cosine_schedule_with_warmup
 
-        sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup * total), total)
-        if st is not None:
-            load_optimizer_state(opt, st["optimizer"])
-            sched.load_state_dict(st["scheduler"])
-            sync()
-        run = _Run(lm, model, acc, cfg, fsdp, keys, params, opt, sched, sync, train_items, dev_items, total, evals,
-                   ckpt_dir, {"config_hash": chash, "data_hash": dhash}, callback,
-                   step=step, history=history, tokens=tokens, seconds=seconds, best=best)
-        run.loop(progress and main, desc)
-        stack.close()  # FSDP: gathers the trained values into the original tensors (every process)
+            sched = get_cosine_schedule_with_warmup(opt, math.ceil(cfg.warmup * total), total)
+            if st is not None:
+                load_optimizer_state(opt, st["optimizer"])
+                sched.load_state_dict(st["scheduler"])
+                sync()
+            run = _Run(lm, model, acc, cfg, fsdp, keys, params, opt, sched, sync, train_items, dev_items, total,
+                       evals, ckpt_dir, {"config_hash": chash, "data_hash": dhash}, callback,
+                       step=step, history=history, tokens=tokens, seconds=seconds, best=best)
+            run.loop(progress and main, desc)
+        # (left normally: FSDP has gathered the trained values into the original tensors, on every process)
     finally:
-        stack.close()
         hf.train(was_training)
         for p in originals:
             p.grad = None
