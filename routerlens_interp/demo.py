@@ -19,8 +19,8 @@ import numpy as np
 # of the experts; FFT at CEFT's lr wrecks the model, so it gets its own.
 RECIPES = {"router": dict(epochs=2, lr=1e-2, batch_size=16), "ceft": dict(epochs=2, lr=5e-3, batch_size=16),
            "fft": dict(epochs=2, lr=1e-3, batch_size=16)}
-FULL = dict(n_test=300, n_side=200, n_count=400, n_analysis=120, draws=10, train_limit=None, n_ceft=4)
-FAST = dict(n_test=24, n_side=16, n_count=24, n_analysis=8, draws=10, train_limit=32, max_steps=4, n_ceft=4)
+FULL = dict(n_test=300, n_side=200, n_count=400, n_analysis=120, draws=10, train_limit=None, n_ceft=None)
+FAST = dict(n_test=24, n_side=16, n_count=24, n_analysis=8, draws=10, train_limit=32, max_steps=4, n_ceft=None)
 
 
 def _ci95(xs: list[float]) -> float:
@@ -74,7 +74,7 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
         n = max(lm.spec.top_k, lm.spec.n_experts // 8)
         ces = rl.select_experts(tuned_counts, n=n)
         grown = rl.grown_experts(tuned_counts, base_counts, n=n)
-        ceft_experts = rl.select_experts(tuned_counts, n=cfg["n_ceft"])
+        ceft_experts = rl.select_experts(tuned_counts, n=cfg["n_ceft"] or n)
         ces.save(out / "experts.json")
         ceft_experts.save(out / "ceft_experts.json")
         with rl.mask_experts(lm, ces):
@@ -86,10 +86,14 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
                 draws.append(scores(f"router-tuned − random #{d + 1}"))
         with rl.mask_experts(lm, grown):
             masked_grown = scores("router-tuned − grown most")
+        # The base model's busiest experts: separates "context-faithful" from "merely busy".
+        busiest = rl.select_experts(base_counts, n=n)
+        with rl.mask_experts(lm, busiest):
+            masked_busiest = scores("router-tuned − base's busiest")
     masked_random = {k: float(np.mean([r[k] or 0 for r in draws])) for k in draws[0]}
     masked_random.update({f"{k}_ci95": _ci95([r[k] or 0 for r in draws]) for k in ("em", "f1", "open_em", "recall")})
 
-    log(f"CEFT (top-{cfg['n_ceft']} experts per layer by router-tuned usage) ...")
+    log(f"CEFT (top-{cfg['n_ceft'] or n} experts per layer by router-tuned usage) ...")
     ce = rl.ceft(lm, train, dev, experts=ceft_experts, out_dir=out / "ceft", **recipe("ceft"))
     with ce.applied(lm):
         ce_s = scores("CEFT")
@@ -101,7 +105,7 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
     log("CAG / AAG / APG (router-tuned vs base) ...")
     ana = write_analysis(lm, rt, test[:cfg["n_analysis"]], out / "analysis", png=png)
     rows = {"router-tuned": tuned, "− random experts": masked_random, "− grown most": masked_grown,
-            "− CEs": masked_ce, "base": base}
+            "− base's busiest": masked_busiest, "− CEs": masked_ce, "base": base}
     figs = {"masking": plot.masking_bars(rows, title="Masking on toy-conflict (router-tuned model)"),
             "expert_counts": plot.expert_heatmap(tuned_counts, ces, title="Expert usage after router tuning (CEs outlined)"),
             "expert_diff": plot.expert_diff_heatmap(tuned_counts, base_counts, ces)}
@@ -110,6 +114,7 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
     report = {
         "base": pick(base), "router_tuned": pick(tuned), "masked_ce": pick(masked_ce),
         "masked_random": {**masked_random, "draws": len(draws)}, "masked_grown": pick(masked_grown),
+        "masked_base_busiest": pick(masked_busiest), "base_busiest": {str(k): v for k, v in busiest.items()},
         "ceft": {"em": ce_s["em"], "f1": ce_s["f1"], "trainable_params": ce.n_trainable, "recall": ce_s["recall"],
                  "memory_rate": ce_s["memory_rate"], "open_em": ce_s["open_em"]},
         "fft": {"em": ft_s["em"], "f1": ft_s["f1"], "trainable_params": ft.n_trainable, "recall": ft_s["recall"],
@@ -129,6 +134,7 @@ def summary(r: dict) -> str:
     lines = [f"{'':<26}{'EM':>7}{'F1':>7}{'memory%':>9}{'open EM':>9}{'recall':>8}"]
     for key, name in (("base", "base"), ("router_tuned", "router-tuned"), ("masked_ce", "  − CEs"),
                       ("masked_random", "  − random (mean)"), ("masked_grown", "  − grown most"),
+                      ("masked_base_busiest", "  − base's busiest"),
                       ("ceft", "CEFT"), ("fft", "FFT")):
         x = r[key]
         mr = x.get("memory_rate")
