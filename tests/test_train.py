@@ -121,6 +121,37 @@ def test_ceft_gradients_and_parameters_exist_only_for_selected_slices(load_tiny)
     assert _changed(before, _sd(lm)) == set()
 
 
+def test_ceft_forward_reads_current_slices_with_or_without_the_batched_row_write(load_tiny):
+    """The rows are written once per update by ``Trainable.sync`` (batched); a forward after any other
+    change of the slices (a checkpoint loaded with ``copy_``) writes them itself; unselected rows untouched."""
+    lm = load_tiny("olmoe", fresh=True)
+    before = _sd(lm)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+
+    def check_rows(t):
+        sd = _sd(lm)
+        for k, p in t.params.items():  # the base holds the slices in rows idx and nothing else changed
+            mod, name = k.rsplit(".", 1)
+            base, idx = sd[f"{mod}.parametrizations.{name}.original"], t.index[k]
+            rest = [e for e in range(base.shape[0]) if e not in idx.tolist()]
+            assert torch.equal(base[idx], p.detach()) and torch.equal(base[rest], before[k][rest])
+
+    with expert_trainable(lm, {0: [2], 2: [0, 7]}) as t:
+        logits = lm.hf(input_ids=ids).logits
+        for scale in (1, 2, 3):
+            with torch.no_grad():
+                for p in t.params.values():
+                    p.copy_(torch.randn_like(p) * scale)
+            if scale == 2:
+                t.sync()
+                check_rows(t)  # written before any forward
+            got = lm.hf(input_ids=ids).logits
+            check_rows(t)
+            assert not torch.allclose(got, logits)
+            logits = got
+    assert _changed(before, _sd(lm)) == set()
+
+
 def test_ceft_rejects_bad_experts(load_tiny):
     lm = load_tiny("deepseek_v3")
     with pytest.raises(ValueError, match="dense layer"):

@@ -226,7 +226,7 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
                 shards, sync = stack.enter_context(sharded(lm, trainable, acc.device))
                 params, model = [shards[k] for k in keys], hf
             else:
-                params, sync = originals, (lambda: None)
+                params, sync = originals, (trainable.sync or (lambda: None))  # CEFT: rows into the base
                 model = acc.prepare_model(hf)  # DDP wrapper when several processes; hf itself otherwise
                 stack.callback(acc.unwrap_model, model, keep_fp32_wrapper=False)  # restore a patched forward
             opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
@@ -355,7 +355,7 @@ class _Run:
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
-                self.sync()  # FSDP + CEFT: the sharded base must hold the new rows (see .fsdp)
+                self.sync()  # CEFT: the (sharded, under FSDP) base must hold the new rows (.params, .fsdp)
                 self.sched.step()
                 opt.zero_grad(set_to_none=True)
                 self.step += 1

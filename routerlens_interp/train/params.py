@@ -12,9 +12,16 @@ the base stays a frozen parameter, and the only new parameter is ``slices [n_sel
 gradients and optimizer state exist for the selected experts only; the other rows are never written,
 so they stay bit-identical. (The selected rows are written into the base's storage, no full copy, and
 put back on exit from a CPU copy.)
+
+Per training step that costs one batched row write after the update (:attr:`Trainable.sync`, a single
+``_foreach_copy_`` over all selected rows of all layers) plus, per fused tensor, an alias in forward and
+an ``index_select`` of the gradient in backward. A forward writes the rows itself only when the slices or
+the base changed since the last write (tracked by their version counters), e.g. after a checkpoint was
+loaded into the slices, so the model always computes with the current slices whoever changed them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -34,10 +41,14 @@ class Trainable:
             parameter in ``lm.hf`` it replaces (whole, or the selected slices for CEFT).
         index: key → ``[n]`` long tensor of expert ids along dim 0 for slice parameters, ``None`` for
             whole tensors.
+        sync: to call after every optimizer update (single process): puts the updated values where the
+            model reads them (CEFT: the selected rows into the base tensors, one batched copy); ``None``
+            when the parameters are the model's own tensors.
     """
 
     params: dict[str, nn.Parameter]
     index: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    sync: Callable[[], None] | None = None
 
     @property
     def n_params(self) -> int:
@@ -115,18 +126,18 @@ def full_trainable(lm):
         yield t
 
 
-class _WriteRows(torch.autograd.Function):
-    """``base [E, ...]`` with rows ``idx`` overwritten by ``slices [n, ...]``, without a copy of ``base``.
+class _Rows(torch.autograd.Function):
+    """``base [E, ...]`` itself (an alias, no copy) as a function of ``slices [n, ...]`` standing in rows
+    ``idx``: backward sends ``grad[idx]`` to ``slices`` and nothing to ``base``.
 
-    Forward writes the rows into the frozen base's storage and returns an alias of it; backward sends
-    ``grad[idx]`` to ``slices`` and nothing to ``base``. An out-of-place ``index_copy`` would allocate a
-    full copy of every fused expert tensor per forward and keep it alive for backward (+50 % of the
-    weights of every trained layer): measured on a GPU, that pushed CEFT's peak memory above the goal.
+    The rows are *written* by :class:`ExpertSlices` (before this is applied), not here, so a forward adds
+    no kernel when they are current. An out-of-place ``index_copy`` would allocate a full copy of every
+    fused expert tensor per forward and keep it alive for backward (+50 % of the weights of every trained
+    layer): measured on a GPU, that pushed CEFT's peak memory above the goal.
     """
 
     @staticmethod
     def forward(ctx, base, slices, idx):
-        base.index_copy_(0, idx, slices)  # only the selected rows; the originals are kept by the caller
         ctx.save_for_backward(idx)
         return base.view_as(base)
 
@@ -141,16 +152,47 @@ class ExpertSlices(nn.Module):
 
     ``slices [n, ...]`` is the only trainable tensor; ``idx [n]`` the selected expert ids. The selected
     rows of the (frozen) base are overwritten in place while training and put back by
-    :func:`expert_trainable` on exit; unselected rows are never written.
+    :func:`expert_trainable` on exit; unselected rows are never written. The rows are written by
+    :meth:`write_rows` (batched over all parametrisations after each update) or, when the slices or the
+    base changed since the last write, by :meth:`forward` itself.
     """
 
     def __init__(self, base: torch.Tensor, idx: list[int]):
         super().__init__()
         self.register_buffer("idx", torch.tensor(idx, dtype=torch.long, device=base.device))
         self.slices = nn.Parameter(base.detach()[self.idx].clone())
+        self._written = None  # _state() right after the last write of the rows
+        self._views = (None, [], [])  # (storage pointers, base rows, slice rows) for write_rows
+
+    def _state(self, base: torch.Tensor) -> tuple:
+        # _version counts in-place changes (optimizer updates, copy_, our own writes); data_ptr catches a
+        # replaced storage (.data =, FSDP's gathered tensor)
+        return base.data_ptr(), base._version, self.slices.data_ptr(), self.slices._version
 
     def forward(self, base: torch.Tensor) -> torch.Tensor:
-        return _WriteRows.apply(base, self.slices, self.idx)
+        if self._written != self._state(base):
+            with torch.no_grad():
+                base.index_copy_(0, self.idx, self.slices)  # only the selected rows; originals kept by caller
+            self._written = self._state(base)
+        return _Rows.apply(base, self.slices, self.idx)
+
+    @staticmethod
+    @torch.no_grad()
+    def write_rows(pairs: list[tuple[torch.Tensor, ExpertSlices]]) -> None:
+        """Write the slices of every ``(base, ExpertSlices)`` pair into their base rows with one
+        ``_foreach_copy_`` (one multi-tensor kernel on a GPU instead of an ``index_copy_`` per tensor)."""
+        dst, src = [], []
+        for base, es in pairs:
+            ptrs = (base.data_ptr(), es.slices.data_ptr())
+            if es._views[0] != ptrs:  # row views, made once per storage
+                rows = es.idx.tolist()
+                es._views = (ptrs, [base[e] for e in rows], list(es.slices.detach().unbind(0)))
+            dst += es._views[1]
+            src += es._views[2]
+        if dst:
+            torch._foreach_copy_(dst, src)
+        for base, es in pairs:
+            es._written = es._state(base)
 
 
 @contextmanager
@@ -186,7 +228,9 @@ def expert_trainable(lm, experts):
                     registered.append((mod, name))
                     key = f"{lm.spec.experts_path(layer)}.{name}"
                     params[key], index[key] = p.slices, p.idx.detach().cpu()
-            yield Trainable(params, index)
+            pairs = [(getattr(mod.parametrizations, name).original, getattr(mod.parametrizations, name)[0])
+                     for mod, name in registered]
+            yield Trainable(params, index, sync=lambda: ExpertSlices.write_rows(pairs))
         finally:
             for mod, name in reversed(registered):
                 # leave_parametrized=False puts the original Parameter object back (rows restored below).
