@@ -1,9 +1,10 @@
 """``routerlens demo``: the whole method on the bundled model, with a readable table and report.json.
 
 base evaluation → router tuning → expert counting → CE selection → masking CEs vs random non-CE
-experts (≥ 10 draws, 95 % CI) vs the experts whose usage grew most → CEFT vs FFT → closed-book recall
-after each → CAG/AAG/APG. All on ``toy-conflict`` (NQ-Swap-like) test, with open-book EM
-(``toy-open``) and closed-book recall (``toy-memory``) reported next to every masking row.
+experts (≥ 10 draws, 95 % CI) vs the experts whose usage grew most vs the base model's busiest
+experts → CEFT (on the CEs) vs FFT → closed-book recall after each → CAG/AAG/APG. All on
+``toy-conflict`` (NQ-Swap-like) test, with open-book EM (``toy-open``) and closed-book recall
+(``toy-memory``) reported next to every masking row.
 """
 from __future__ import annotations
 

@@ -19,8 +19,11 @@ def test_fast_demo_writes_report_and_figures(tmp_path):
     assert main(["demo", "--fast", "--no-png", "--out", str(tmp_path), "--seed", "1"]) == 0
     r = json.loads((tmp_path / "report.json").read_text())
     assert KEYS <= set(r)
-    for k in ("base", "router_tuned", "masked_ce", "masked_random"):
-        assert {"em", "f1", "memory_rate"} <= set(r[k])
+    for k in ("base", "router_tuned", "masked_ce", "masked_random", "masked_grown", "masked_base_busiest"):
+        assert {"em", "f1", "memory_rate", "open_em", "recall"} <= set(r[k])
+    n = r["n_ce_per_layer"]
+    for sets in (r["experts"], r["base_busiest"]):  # one list of n distinct experts per MoE layer
+        assert len(sets) == len(r["cag"]) and all(len(set(v)) == len(v) == n for v in sets.values())
     assert r["masked_random"]["draws"] >= 10 and "em_ci95" in r["masked_random"]
     for k in ("ceft", "fft"):
         assert {"em", "f1", "trainable_params", "recall"} <= set(r[k])
