@@ -11,6 +11,7 @@ gradients and AdamW state sharded over the processes, see :mod:`.fsdp`). Start i
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import os
@@ -79,11 +80,17 @@ def uses_fsdp(acc, fsdp: bool) -> bool:
     return acc.num_processes > 1 and asked
 
 
+@functools.cache
+def _takes_logits_to_keep(cls: type) -> bool:
+    """Whether ``cls.forward`` accepts ``logits_to_keep`` (read once per model class, not per batch)."""
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
+
+
 def _forward_loss(model, hf, mb: dict) -> torch.Tensor:
     """Summed answer-token loss of one micro-batch; the LM head runs only at the answer positions when
     the model's forward takes ``logits_to_keep`` (transformers' causal LMs do), else on every position."""
     keep = {}
-    if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+    if _takes_logits_to_keep(type(hf)):
         keep = {"logits_to_keep": answer_positions(mb["labels"])}
     out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], output_router_logits=False,
                 use_cache=False, **keep)
