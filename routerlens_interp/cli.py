@@ -130,7 +130,7 @@ def _train(args, method: str) -> None:
     elif method == "ceft":
         ad = rl.ceft(lm, train, dev, experts=rl.ExpertSet.load(args.experts), **cfg)
     else:
-        ad = rl.full_finetune(lm, train, dev, **cfg)
+        ad = rl.full_finetune(lm, train, dev, only=args.only, **cfg)
     ad.save(args.out)
     m = dict(getattr(ad, "metrics", {}) or {})
     _emit(args, {"out": args.out, **m}, f"{method}: adapter → {args.out}  " +
@@ -207,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
         _common(t)
         if method == "ceft":
             t.add_argument("--experts", required=True, help="experts.json from `routerlens select`")
+        if method == "fft":
+            t.add_argument("--only", default=None, metavar="REGEX",
+                           help="train only parameters whose name matches (e.g. self_attn): where does a skill live?")
         t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
         t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
         t.add_argument("--epochs", type=int, default=None)

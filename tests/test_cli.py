@@ -77,6 +77,18 @@ def test_every_command_has_help():
         assert r.returncode == 0 and "--seed" in r.stdout, cmd
 
 
+def test_finetune_only(setup, capsys):
+    d, model, data = setup
+    code, out, err = run(capsys, "finetune", "--model", model, "--data", data, "--out", d / "attn", "--max-steps", 1,
+                         "--batch-size", 2, "--only", "self_attn", "--json")
+    assert code == 0, err
+    manifest = json.loads((d / "attn" / "adapter.json").read_text())
+    assert manifest["only"] == "self_attn"
+    code, out, err = run(capsys, "finetune", "--model", model, "--data", data, "--out", d / "none", "--max-steps", 1,
+                         "--only", "nothing_named_so")
+    assert code == 2 and "matches no parameter" in err
+
+
 def test_train_commands_write_adapters_that_evaluate_and_resume(setup, capsys):
     d, model, data = setup
     for cmd, extra in (("tune-router", []), ("finetune", ["--fsdp"])):

@@ -176,6 +176,25 @@ def test_loss_decreases_on_a_learnable_task(load_tiny):
     assert rt.n_trainable < ce.n_trainable < ft.n_trainable
 
 
+def test_finetune_only_trains_the_matching_parameters(load_tiny, tmp_path):
+    lm = load_tiny("olmoe")
+    before = _sd(lm)
+    ad = rl.full_finetune(lm, TRAIN, DEV, only="self_attn", max_steps=3, lr=1e-2, out_dir=tmp_path, **FAST)
+    attn = {n for n, _ in lm.hf.named_parameters() if "self_attn" in n}
+    assert set(ad.tensors) == attn and ad.n_trainable == sum(before[n].numel() for n in attn)
+    assert ad.manifest["only"] == "self_attn"
+    assert _changed(before, _sd(lm)) == set()
+    with ad.applied(lm):
+        assert _changed(before, _sd(lm)) == attn  # trained and applied: attention moved, nothing else did
+    loaded = rl.load_adapter(tmp_path, lm)
+    assert set(loaded.tensors) == attn
+    assert all(torch.equal(loaded.tensors[n], ad.tensors[n]) for n in attn)
+    with pytest.raises(ValueError, match="matches no parameter.*names look like"):
+        rl.full_finetune(lm, TRAIN, only="no_such_module", max_steps=1, **FAST)
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        rl.full_finetune(lm, TRAIN, only="(", max_steps=1, **FAST)
+
+
 def test_best_checkpoint_by_dev_loss_is_kept(load_tiny):
     lm = load_tiny("olmoe")
     # a huge learning rate makes the dev loss go up after the first steps: the best must be an early step

@@ -227,7 +227,7 @@ class ExpertAdapter(Adapter):
 
 
 class FullAdapter(Adapter):
-    """Full fine-tuning: every parameter."""
+    """Full fine-tuning: every parameter (or those matching ``full_finetune(only=...)``)."""
 
     method = "fft"
 

@@ -7,6 +7,8 @@ arguments, plus ``out_dir`` (checkpoints in ``out_dir/checkpoint/``, the adapter
 """
 from __future__ import annotations
 
+import re
+
 import torch
 
 from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
@@ -94,14 +96,30 @@ def ceft(lm, train, dev=None, *, experts, config: TrainConfig | dict | None = No
                 **cfg)
 
 
-def full_finetune(lm, train, dev=None, *, config: TrainConfig | dict | None = None, out_dir=None,
-                  resume: bool = False, progress: bool = True, seed: int | None = None, callback=None,
+def full_finetune(lm, train, dev=None, *, only: str | None = None, config: TrainConfig | dict | None = None,
+                  out_dir=None, resume: bool = False, progress: bool = True, seed: int | None = None, callback=None,
                   **cfg) -> FullAdapter:
     """Full fine-tuning (the FFT baseline): every parameter trained with the same loop and recipe.
 
-    Returns a :class:`~routerlens_interp.train.adapters.FullAdapter` holding every parameter.
+    ``only``: a regular expression (``re.search``) over parameter names to train just those, e.g.
+    ``"self_attn"`` (attention only) or ``r"\\.experts\\."`` (every expert): an ablation that shows
+    where a skill lives (on the bundled model attention alone matches FFT and all experts do not).
+
+    Returns a :class:`~routerlens_interp.train.adapters.FullAdapter` holding the trained parameters.
     """
     names = [n for n, _ in lm.hf.named_parameters()]
-    return _run(lm, train, dev, "fft", full_trainable(lm), {n: None for n in names}, FullAdapter, {},
+    extra = {}
+    if only is not None:
+        try:
+            pattern = re.compile(only)
+        except re.error as e:
+            raise ValueError(f"only={only!r} is not a valid regular expression ({e})") from None
+        names = [n for n in names if pattern.search(n)]
+        if not names:
+            example = next((n for n, _ in lm.hf.named_parameters() if ".0." in n), next(iter(names), "?"))
+            raise ValueError(f"only={only!r} matches no parameter of {lm.name}; names look like {example!r} "
+                             f"(e.g. 'self_attn' for attention, 'mlp' for the MoE blocks)")
+        extra = {"only": only}
+    return _run(lm, train, dev, "fft", full_trainable(lm, names), {n: None for n in names}, FullAdapter, extra,
                 config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,
                 **cfg)

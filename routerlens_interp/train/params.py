@@ -120,9 +120,9 @@ def router_trainable(lm):
 
 
 @contextmanager
-def full_trainable(lm):
-    """Train every parameter (the FFT baseline)."""
-    with _whole(lm, [n for n, _ in lm.hf.named_parameters()]) as t:
+def full_trainable(lm, names: list[str] | None = None):
+    """Train every parameter (the FFT baseline), or only ``names``."""
+    with _whole(lm, names if names is not None else [n for n, _ in lm.hf.named_parameters()]) as t:
         yield t
 
 
