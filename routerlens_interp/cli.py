@@ -152,7 +152,7 @@ def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
     seed_everything(args.seed)
-    report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png)
+    report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png, model=args.model)
     if args.json:
         print(json.dumps(report, default=float))
 
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out", help="output directory (report.json, figures)")
     d.add_argument("--fast", action="store_true", help="few training steps and small samples (a smoke run)")
     d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML only)")
+    d.add_argument("--model", default="toy", help="the bundled model (default), or a directory written by "
+                                                  "`python -m routerlens_interp.toy.pretrain` (same synthetic world)")
     # Measured on 2 shared cores: one thread ran the bundled model 20-80x faster than two.
     _common(d, data=False, model=False, threads_default=1)
     d.set_defaults(func=cmd_demo)

@@ -120,7 +120,7 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
                 "memory_rate": ft_s["memory_rate"], "open_em": ft_s["open_em"]},
         "base_recall": base["recall"], "cag": ana["cag"], "aag": ana["aag"], "apg": ana["apg"],
         "experts": {str(k): v for k, v in ces.items()}, "n_ce_per_layer": n,
-        "recipes": RECIPES, "seed": seed, "fast": fast,
+        "recipes": RECIPES, "seed": seed, "fast": fast, "model": str(model),
         "n_test": len(test), "seconds": round(time.time() - t0, 1),
     }
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float))

@@ -1,6 +1,7 @@
 """`routerlens demo`: a fast run in the suite; the full run with the paper's findings in `make test-slow`."""
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -16,8 +17,12 @@ KEYS = {"base", "router_tuned", "masked_ce", "masked_random", "ceft", "fft", "ba
 def test_fast_demo_writes_report_and_figures(tmp_path):
     from routerlens_interp.cli import main
 
-    assert main(["demo", "--fast", "--no-png", "--out", str(tmp_path), "--seed", "1"]) == 0
+    model = tmp_path / "model"  # a retrained toy model is a directory like this one
+    shutil.copytree(TOY_DIR, model, ignore=shutil.ignore_patterns("*.md", "*.jsonl"))
+    assert main(["demo", "--fast", "--no-png", "--out", str(tmp_path / "out"), "--seed", "1", "--model", str(model)]) == 0
+    tmp_path = tmp_path / "out"
     r = json.loads((tmp_path / "report.json").read_text())
+    assert r["model"] == str(model)
     assert KEYS <= set(r)
     for k in ("base", "router_tuned", "masked_ce", "masked_random", "masked_grown", "masked_base_busiest"):
         assert {"em", "f1", "memory_rate", "open_em", "recall"} <= set(r[k])
