@@ -114,11 +114,12 @@ def full_finetune(lm, train, dev=None, *, only: str | None = None, config: Train
             pattern = re.compile(only)
         except re.error as e:
             raise ValueError(f"only={only!r} is not a valid regular expression ({e})") from None
-        names = [n for n in names if pattern.search(n)]
+        every = names
+        names = [n for n in every if pattern.search(n)]
         if not names:
-            example = next((n for n, _ in lm.hf.named_parameters() if ".0." in n), next(iter(names), "?"))
+            example = next((n for n in every if ".0." in n), every[0])
             raise ValueError(f"only={only!r} matches no parameter of {lm.name}; names look like {example!r} "
-                             f"(e.g. 'self_attn' for attention, 'mlp' for the MoE blocks)")
+                             f"(e.g. 'self_attn' for attention, 'experts' for the experts)")
         extra = {"only": only}
     return _run(lm, train, dev, "fft", full_trainable(lm, names), {n: None for n in names}, FullAdapter, extra,
                 config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,
