@@ -148,6 +148,26 @@ def cmd_analyze(args) -> None:
     _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}")
 
 
+def cmd_knockout(args) -> None:
+    import routerlens_interp as rl
+
+    lm = _load(args)
+    data = _data(args, "test", lm)
+    tuned = rl.load_adapter(args.adapter) if args.adapter else rl.ExpertSet.load(args.mask) if args.mask else None
+    try:
+        sets = [[int(x) for x in part.split(",")] for part in args.layers.split(";")] if args.layers else None
+    except ValueError:
+        raise ValueError(f"--layers {args.layers!r}: give layer sets like '0;1;0,1,2' (';' between sets)") from None
+    k = rl.attention_knockout(lm, data, layer_sets=sets, span=args.span, tuned=tuned)
+    res = {"span": k.span, "n": k.n, "n_skipped": k.n_skipped, "base_accuracy": k.base_accuracy,
+           "base_prob": k.base_prob, "rows": k.table()}
+    lines = [f"first answer token correct without knockout: {k.base_accuracy:.1f} % (n={k.n}, "
+             f"skipped {k.n_skipped} without {k.span})"]
+    lines += [f"  last position blocked from {k.span} at layers {r['layers']:<14} {r['accuracy']:5.1f} % "
+              f"({r['accuracy_change']:+.1f})  p={r['prob']:.3f}" for r in k.table()]
+    _emit(args, res, "\n".join(lines))
+
+
 def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
@@ -234,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-png", action="store_true")
     a.add_argument("--out", required=True)
     a.set_defaults(func=cmd_analyze)
+
+    k = sub.add_parser("knockout", help="is the attention to the answer used? block it layer by layer and re-score")
+    _common(k)
+    g = k.add_mutually_exclusive_group()
+    g.add_argument("--adapter", help="knock out in the model with this adapter applied (e.g. router-tuned)")
+    g.add_argument("--mask", help="knock out in the model with these experts masked (experts.json)")
+    k.add_argument("--span", default="answer_in_context", choices=["answer_in_context", "context", "question"])
+    k.add_argument("--layers", default=None, help="layer sets, e.g. '0;1;2,3' (default: each layer, then all)")
+    k.set_defaults(func=cmd_knockout)
     return p
 
 

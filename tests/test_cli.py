@@ -71,7 +71,7 @@ def test_bad_input_is_a_clear_error(setup, capsys):
 
 
 def test_every_command_has_help():
-    for cmd in ("demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze"):
+    for cmd in ("demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze", "knockout"):
         r = subprocess.run([sys.executable, "-m", "routerlens_interp.cli", cmd, "--help"], capture_output=True,
                            text=True)
         assert r.returncode == 0 and "--seed" in r.stdout, cmd
@@ -87,6 +87,16 @@ def test_finetune_only(setup, capsys):
     code, out, err = run(capsys, "finetune", "--model", model, "--data", data, "--out", d / "none", "--max-steps", 1,
                          "--only", "nothing_named_so")
     assert code == 2 and "matches no parameter" in err
+
+
+def test_knockout_command(setup, capsys):
+    d, model, data = setup
+    code, out, err = run(capsys, "knockout", "--model", model, "--data", data, "--layers", "0;0,1", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    assert [r["layers"] for r in res["rows"]] == ["0", "0,1"] and res["n"] + res["n_skipped"] == 3
+    code, out, err = run(capsys, "knockout", "--model", model, "--data", data, "--layers", "zero")
+    assert code == 2 and "layer sets like" in err
 
 
 def test_train_commands_write_adapters_that_evaluate_and_resume(setup, capsys):

@@ -1,4 +1,5 @@
-"""Interventions on a traced model: expert masking (context manager) and adapters."""
+"""Interventions on a traced model: expert masking, attention knockout (context managers) and adapters."""
+from .knockout import knock_out_attention
 from .masking import MODES, active_mask, active_reroute_mask, mask_experts, normalize_mask
 
-__all__ = ["mask_experts", "normalize_mask", "active_mask", "active_reroute_mask", "MODES"]
+__all__ = ["mask_experts", "knock_out_attention", "normalize_mask", "active_mask", "active_reroute_mask", "MODES"]

@@ -1,0 +1,57 @@
+"""Attention knockout: stop one query position from attending to chosen key positions at chosen layers.
+
+The causal test for attention claims (is the attention a gain measures *used*?): the blocked entries get
+the dtype's minimum in the additive mask each chosen layer's attention module receives, so their softmax
+weight is 0 and the rest renormalises. Other layers keep the model's own mask, and other query positions
+are untouched at every layer.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+SUPPORTED = ("eager", "sdpa")
+
+
+def causal_mask(t: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``[1, 1, T, T]`` additive causal mask (0 on and below the diagonal, the dtype's minimum above)."""
+    lo = torch.finfo(dtype).min
+    return torch.full((t, t), lo, dtype=dtype, device=device).triu(1)[None, None]
+
+
+@contextmanager
+def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], length: int):
+    """Within the block, a single-sequence forward of ``length`` tokens (no padding) cannot attend from
+    position ``query`` to positions ``keys`` at decoder ``layers``; hooks are removed on exit.
+
+    Sliding-window layers get a plain causal mask here, so prompts must fit their window.
+    """
+    impl = getattr(lm.hf.config, "_attn_implementation", None) or "eager"
+    if impl not in SUPPORTED:
+        raise ValueError(f"attention knockout needs eager or sdpa attention, not {impl!r}; load the model with "
+                         f"rl.load(...) (eager by default) or attn_implementation='eager'")
+    n_layers = len(lm.spec.layers(lm.hf))
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has decoder layers 0..{n_layers - 1}")
+    if not 0 <= query < length or any(not 0 <= k <= query for k in keys):
+        raise ValueError(f"query {query} and keys {list(keys)} must satisfy 0 <= key <= query < length {length}")
+    if set(range(query + 1)) <= set(keys):
+        raise ValueError("cannot block every position the query can see: the attention row would be empty")
+    mask = causal_mask(length, lm.hf.dtype, lm.device)
+    mask[0, 0, query, list(keys)] = torch.finfo(mask.dtype).min
+
+    def swap(module, args, kwargs):
+        if "attention_mask" not in kwargs:
+            raise RuntimeError(f"{type(module).__name__} gets its attention mask positionally; attention "
+                               "knockout supports families that pass attention_mask by keyword")
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    handles = [lm.spec.attention(lm.hf, l).register_forward_pre_hook(swap, with_kwargs=True) for l in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
