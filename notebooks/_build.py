@@ -297,6 +297,15 @@ td = rl.token_attention_diff(lm, rt, ex, layer)
 answer_tokens = [(i, i + 1) for i in td["answer_in_context"]]
 rl.plot.token_attention_diff(td["tokens"], td["diff"], highlight=answer_tokens,
                              title=f"Attention from the last prompt token, tuned − base (layer {layer})").show()'''),
+    ("md", "## Is the attention to the answer used? Knockout\nAn attention gain says where attention moved, not "
+           "whether the model needs it. Here the last prompt position is blocked from the answer's tokens in the "
+           "context, one layer at a time (then all layers), and the first answer token is re-scored."),
+    ("code", '''\
+for name, tuned in (("base", None), ("router-tuned", rt)):
+    k = rl.attention_knockout(lm, test, tuned=tuned, progress=False)
+    print(f"{name}: first answer token correct in {k.base_accuracy:.1f} % without knockout (n={k.n})")
+    for row in k.table():
+        print(f"  blocked at layers {row['layers']:<12} {row['accuracy']:5.1f} %  ({row['accuracy_change']:+.1f})")'''),
     ("md", "## Attention gain vs EM gain over conditions\nFor each condition: EM gain over the base model, and the "
            "context attention gain (relative, averaged over the upper half of the layers, where the paper finds it)."),
     ("code", '''\
