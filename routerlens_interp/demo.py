@@ -2,7 +2,8 @@
 
 base evaluation → router tuning → expert counting → CE selection → masking CEs vs random non-CE
 experts (≥ 10 draws, 95 % CI) vs the experts whose usage grew most vs the base model's busiest
-experts → CEFT (on the CEs) vs FFT → closed-book recall after each → CAG/AAG/APG. All on
+experts → CEFT (on the CEs) vs FFT → closed-book recall after each → CAG/AAG/APG → attention
+knockout (is the router-tuned model's attention to the answer used, layer by layer?). All on
 ``toy-conflict`` (NQ-Swap-like) test, with open-book EM (``toy-open``) and closed-book recall
 (``toy-memory``) reported next to every masking row.
 """
@@ -103,6 +104,8 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
 
     log("CAG / AAG / APG (router-tuned vs base) ...")
     ana = write_analysis(lm, rt, test[:cfg["n_analysis"]], out / "analysis", png=png)
+    log("attention knockout (router-tuned: is its attention to the answer used?) ...")
+    ko = rl.attention_knockout(lm, test[:cfg["n_analysis"]], tuned=rt)
     rows = {"router-tuned": tuned, "− random experts": masked_random, "− grown most": masked_grown,
             "− base's busiest": masked_busiest, "− CEs": masked_ce, "base": base}
     figs = {"masking": plot.masking_bars(rows, title="Masking on toy-conflict (router-tuned model)"),
@@ -119,6 +122,8 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
         "fft": {"em": ft_s["em"], "f1": ft_s["f1"], "trainable_params": ft.n_trainable, "recall": ft_s["recall"],
                 "memory_rate": ft_s["memory_rate"], "open_em": ft_s["open_em"]},
         "base_recall": base["recall"], "cag": ana["cag"], "aag": ana["aag"], "apg": ana["apg"],
+        "knockout": {"span": ko.span, "n": ko.n, "none": ko.base_accuracy,
+                     "layer_sets": [list(ls) for ls in ko.layer_sets], "accuracy": ko.accuracy.tolist()},
         "experts": {str(k): v for k, v in ces.items()}, "n_ce_per_layer": n,
         "recipes": RECIPES, "seed": seed, "fast": fast, "model": str(model),
         "n_test": len(test), "seconds": round(time.time() - t0, 1),
@@ -145,5 +150,11 @@ def summary(r: dict) -> str:
     up = lambda xs: float(np.nanmean(xs[len(xs) // 2:]))
     lines.append(f"mean CAG upper half {up(r['cag']):+.3f}  mean AAG upper half {up(r['aag']):+.3f}  "
                  f"APG last layer {r['apg'][-1]:+.3f}")
+    ko = r.get("knockout")
+    if ko:
+        name = lambda ls: "all" if len(ls) == len(r["cag"]) > 1 else "L" + ",".join(map(str, ls))
+        cells = [f"none {ko['none']:.1f}"] + [f"{name(ls)} {a:.1f}" for ls, a in zip(ko["layer_sets"], ko["accuracy"])]
+        lines.append("first answer token correct, router-tuned, last position blocked from the answer at: "
+                     + " | ".join(cells))
     lines.append(f"finished in {r['seconds']:.0f} s")
     return "\n".join(lines)

@@ -35,6 +35,9 @@ def test_fast_demo_writes_report_and_figures(tmp_path):
     assert r["ceft"]["trainable_params"] < r["fft"]["trainable_params"]
     n_layers = len(r["cag"])
     assert len(r["aag"]) == len(r["apg"]) == n_layers > 0
+    ko = r["knockout"]  # each layer alone, then all layers, scored in the router-tuned model
+    assert ko["layer_sets"] == [[l] for l in range(n_layers)] + [list(range(n_layers))]
+    assert len(ko["accuracy"]) == n_layers + 1 and all(0 <= a <= 100 for a in ko["accuracy"] + [ko["none"]])
     assert (tmp_path / "masking.html").exists() and (tmp_path / "analysis" / "attention_gain.csv").exists()
 
 
