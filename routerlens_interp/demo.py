@@ -104,13 +104,16 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
 
     log("CAG / AAG / APG (router-tuned vs base) ...")
     ana = write_analysis(lm, rt, test[:cfg["n_analysis"]], out / "analysis", png=png)
-    log("attention knockout (router-tuned: is its attention to the answer used?) ...")
+    log("attention knockout (is the attention to the answer used, and at which layer?) ...")
     ko = rl.attention_knockout(lm, test[:cfg["n_analysis"]], tuned=rt)
+    ko_open = rl.attention_knockout(lm, open_test[:cfg["n_analysis"]])
     rows = {"router-tuned": tuned, "− random experts": masked_random, "− grown most": masked_grown,
             "− base's busiest": masked_busiest, "− CEs": masked_ce, "base": base}
     figs = {"masking": plot.masking_bars(rows, title="Masking on toy-conflict (router-tuned model)"),
             "expert_counts": plot.expert_heatmap(tuned_counts, ces, title="Expert usage after router tuning (CEs outlined)"),
-            "expert_diff": plot.expert_diff_heatmap(tuned_counts, base_counts, ces)}
+            "expert_diff": plot.expert_diff_heatmap(tuned_counts, base_counts, ces),
+            "knockout": plot.knockout_bars({"base, toy-open": ko_open, "router-tuned, toy-conflict": ko},
+                                           title="Attention knockout: where the answer is read")}
     plot.save_figures(figs, out, png=png)
     pick = lambda r: {k: r[k] for k in ("em", "f1", "memory_rate", "open_em", "recall")}
     report = {
@@ -123,7 +126,8 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
                 "memory_rate": ft_s["memory_rate"], "open_em": ft_s["open_em"]},
         "base_recall": base["recall"], "cag": ana["cag"], "aag": ana["aag"], "apg": ana["apg"],
         "knockout": {"span": ko.span, "n": ko.n, "none": ko.base_accuracy,
-                     "layer_sets": [list(ls) for ls in ko.layer_sets], "accuracy": ko.accuracy.tolist()},
+                     "layer_sets": [list(ls) for ls in ko.layer_sets], "accuracy": ko.accuracy.tolist(),
+                     "base_open_none": ko_open.base_accuracy, "base_open_accuracy": ko_open.accuracy.tolist()},
         "experts": {str(k): v for k, v in ces.items()}, "n_ce_per_layer": n,
         "recipes": RECIPES, "seed": seed, "fast": fast, "model": str(model),
         "n_test": len(test), "seconds": round(time.time() - t0, 1),

@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 
 KEEP = {"masking.png": "masking.png", "expert_counts.png": "expert_counts.png", "expert_diff.png": "expert_diff.png",
-        "analysis/attention_gain.png": "attention_gain.png", "analysis/apg.png": "apg.png"}
+        "analysis/attention_gain.png": "attention_gain.png", "analysis/apg.png": "apg.png",
+        "knockout.png": "knockout.png"}
 
 
 def toy_training_figure(out: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Plotly figures for routing statistics and the mechanistic analysis (CAG, AAG, APG, masking).
+"""Plotly figures for routing statistics and the mechanistic analysis (CAG, AAG, APG, masking, knockout).
 
 Every function returns a ``plotly.graph_objects.Figure``. Inputs are plain numbers/arrays (numpy or
 torch) or duck-typed result objects (see each docstring for the attributes read). Export many
@@ -16,35 +16,15 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from .plot_bars import knockout_bars, masking_bars  # noqa: F401
 from .plot_export import (FONT_FAMILY, _esc, clean_token, jaccard_matrix, save_figures,  # noqa: F401
                           token_attention_diff)
+from .plot_style import (_METRIC_NAMES, _TOP_LEGEND, COLORS, DIV_SCALE, SEQ_SCALE, SEQUENCE,  # noqa: F401
+                         _np, _style)
 
 __all__ = ["COLORS", "expert_heatmap", "expert_diff_heatmap", "attention_gain", "answer_probability_gain",
-           "masking_bars", "token_attention_diff", "overlap_matrix", "jaccard_matrix", "routing_heatmap",
-           "logit_lens", "training_curves", "scatter_gain_vs_em", "save_figures", "clean_token"]
-
-#: One colour per role, used by every figure so that the same quantity looks the same everywhere.
-COLORS = {"context": "#4C78A8", "answer": "#E45756", "base": "#8C8C8C", "tuned": "#E45756",
-          "apg": "#F58518", "em": "#4C78A8", "f1": "#72B7B2", "recall": "#54A24B", "open_em": "#B279A2",
-          "loss": "#4C78A8", "dev_loss": "#E45756", "outline": "#111111", "fit": "#8C8C8C"}
-SEQUENCE = ["#4C78A8", "#E45756", "#54A24B", "#F58518", "#B279A2", "#72B7B2", "#FF9DA6", "#9D755D"]
-SEQ_SCALE = "YlGnBu"
-DIV_SCALE = "RdBu_r"  # negative blue, 0 white, positive red
-_TOP_LEGEND = dict(orientation="h", x=0.5, xanchor="center", y=1.0, yanchor="bottom")
-
-
-def _np(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=float)
-
-
-def _style(fig: go.Figure, title: str | None, width: int = 900, height: int = 450, **kw: Any) -> go.Figure:
-    fig.update_layout(template="plotly_white", width=width, height=height,
-                      title=dict(text=title, x=0.5, xanchor="center") if title else None,
-                      font=dict(family=FONT_FAMILY, size=14), margin=dict(l=70, r=40, t=70, b=60),
-                      hoverlabel=dict(font_family=FONT_FAMILY), **kw)
-    return fig
+           "masking_bars", "knockout_bars", "token_attention_diff", "overlap_matrix", "jaccard_matrix",
+           "routing_heatmap", "logit_lens", "training_curves", "scatter_gain_vs_em", "save_figures", "clean_token"]
 
 
 def _sem(per_example: Any, n_cols: int) -> np.ndarray | None:
@@ -305,37 +285,6 @@ def logit_lens(layers: Sequence[int], probs: Any, token: str | None = None,
 
 
 # ------------------------------------------------------------------------------------ summaries
-_METRIC_NAMES = {"em": "EM", "f1": "F1", "recall": "Recall", "open_em": "Open-book EM"}
-
-
-def masking_bars(rows: Mapping[str, Mapping[str, float]], title: str | None = None) -> go.Figure:
-    """Grouped bars of EM and F1 (and recall / open-book EM where given) per condition, in order.
-
-    ``rows``: condition -> {"em", "f1", optional "recall", "open_em", and "<metric>_ci95" half-widths}.
-    """
-    names = list(rows)
-    fig = go.Figure()
-    for m, label in _METRIC_NAMES.items():
-        if not any(m in r and r[m] is not None for r in rows.values()):
-            continue
-        y = [rows[n].get(m, np.nan) for n in names]
-        y = [np.nan if v is None else float(v) for v in y]
-        ci = [rows[n].get(f"{m}_ci95") for n in names]
-        err = (dict(type="data", array=[0.0 if c is None else float(c) for c in ci], visible=True,
-                    color="#333", thickness=1.2, width=4) if any(c is not None for c in ci) else None)
-        fig.add_trace(go.Bar(x=names, y=y, name=label, marker_color=COLORS[m], error_y=err,
-                             text=[f"{v:.1f}" if not math.isnan(v) else "" for v in y],
-                             textposition="inside", insidetextanchor="middle",
-                             hovertemplate=f"%{{x}}<br>{label} %{{y:.2f}}<extra></extra>"))
-    ymax = max([0.0] + [float(r.get(k) or 0) + float(r.get(f"{k}_ci95") or 0) for r in rows.values()
-                        for k in _METRIC_NAMES])
-    fig.update_yaxes(title="score", range=[0, max(100.0, ymax * 1.05) if ymax > 1.5 else 1.05])
-    fig.update_xaxes(title=None, type="category")
-    return _style(fig, title or "Expert masking", width=int(max(600, 220 + 150 * len(names))), height=450,
-                  barmode="group", bargap=0.25, bargroupgap=0.05,
-                  legend=_TOP_LEGEND)
-
-
 _NOT_METRICS = {"step", "loss", "dev_loss", "epoch", "lr", "learning_rate", "grad_norm", "time", "tokens"}
 
 

@@ -38,6 +38,7 @@ def test_fast_demo_writes_report_and_figures(tmp_path):
     ko = r["knockout"]  # each layer alone, then all layers, scored in the router-tuned model
     assert ko["layer_sets"] == [[l] for l in range(n_layers)] + [list(range(n_layers))]
     assert len(ko["accuracy"]) == n_layers + 1 and all(0 <= a <= 100 for a in ko["accuracy"] + [ko["none"]])
+    assert len(ko["base_open_accuracy"]) == n_layers + 1 and (tmp_path / "knockout.html").exists()
     assert (tmp_path / "masking.html").exists() and (tmp_path / "analysis" / "attention_gain.csv").exists()
 
 

@@ -148,6 +148,20 @@ def test_masking_bars_order_metrics_and_errors():
     assert [t.name for t in P.masking_bars(rows).data] == ["EM", "F1", "Recall", "Open-book EM"]
 
 
+def test_knockout_bars_one_series_per_result_with_none_first():
+    from types import SimpleNamespace as K
+
+    base = K(layer_sets=[(0,), (1,), (0, 1)], accuracy=np.array([20.0, 79.0, 10.0]), base_accuracy=80.0,
+             span="answer_in_context")
+    tuned = K(layer_sets=[(0,), (1,), (0, 1)], accuracy=np.array([11.0, 53.0, 8.0]), base_accuracy=54.0,
+              span="answer_in_context")
+    fig = P.knockout_bars({"base": base, "router-tuned": tuned})
+    assert [t.name for t in fig.data] == ["base", "router-tuned"]
+    assert list(fig.data[0].x) == ["none", "0", "1", "all"]
+    assert list(fig.data[1].y) == [54.0, 11.0, 53.0, 8.0]
+    assert "answer_in_context" in fig.layout.xaxis.title.text and fig.layout.barmode == "group"
+
+
 def _rgb(c):
     return tuple(int(float(v)) for v in re.findall(r"[\d.]+", c)[:3])
 
