@@ -58,7 +58,8 @@ def knockout_bars(results: Mapping[str, Any], title: str | None = None) -> go.Fi
                              hovertemplate=f"{name}<br>blocked at %{{x}}: %{{y:.1f}} %<extra></extra>"))
         span = span or k.span
     fig.update_yaxes(title="first answer token correct (%)", range=[0, 105])
-    fig.update_xaxes(title="layers where the last prompt position cannot attend to the " + (span or "span"),
+    fig.update_xaxes(title="layers where the last prompt position cannot attend to the "
+                           + (span or "span").replace("_", " "),
                      type="category")
     return _style(fig, title or "Attention knockout", width=900, height=450, barmode="group", bargap=0.25,
                   legend=_TOP_LEGEND)

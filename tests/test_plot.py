@@ -159,7 +159,7 @@ def test_knockout_bars_one_series_per_result_with_none_first():
     assert [t.name for t in fig.data] == ["base", "router-tuned"]
     assert list(fig.data[0].x) == ["none", "0", "1", "all"]
     assert list(fig.data[1].y) == [54.0, 11.0, 53.0, 8.0]
-    assert "answer_in_context" in fig.layout.xaxis.title.text and fig.layout.barmode == "group"
+    assert "answer in context" in fig.layout.xaxis.title.text and fig.layout.barmode == "group"
 
 
 def _rgb(c):
