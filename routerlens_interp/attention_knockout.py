@@ -23,13 +23,15 @@ class Knockout:
     """First-answer-token scores with and without knockout (``K`` layer sets, ``N`` scored examples).
 
     Attributes:
-        layer_sets: the ``K`` sets of decoder layers knocked out together.
+        layer_sets: the ``K`` sets of decoder layers knocked out together; labels: ``[K]`` names for
+            them ("0", "1,2", ..., "all" for the set of every decoder layer).
         accuracy, prob: ``[K]`` % of examples whose first gold token is the argmax / its mean probability,
             under each knockout; base_accuracy, base_prob: the same without knockout.
         span: the blocked span; n: examples scored; n_skipped: examples without that span (left out).
     """
 
     layer_sets: list[tuple[int, ...]]
+    labels: list[str]
     accuracy: np.ndarray
     prob: np.ndarray
     base_accuracy: float
@@ -87,5 +89,7 @@ def attention_knockout(lm, data, layer_sets=None, span: str = "answer_in_context
     if not hits:
         raise ValueError(f"no example has a non-empty {span!r} span; nothing to score")
     h, p = 100 * np.asarray(hits), np.asarray(probs)
-    return Knockout(sets, h[:, 1:].mean(0), p[:, 1:].mean(0), float(h[:, 0].mean()), float(p[:, 0].mean()),
-                    span, len(hits), skipped)
+    every = set(range(n_layers))
+    labels = ["all" if set(s) == every and n_layers > 1 else ",".join(map(str, s)) for s in sets]
+    return Knockout(sets, labels, h[:, 1:].mean(0), p[:, 1:].mean(0), float(h[:, 0].mean()),
+                    float(p[:, 0].mean()), span, len(hits), skipped)

@@ -159,12 +159,13 @@ def cmd_knockout(args) -> None:
     except ValueError:
         raise ValueError(f"--layers {args.layers!r}: give layer sets like '0;1;0,1,2' (';' between sets)") from None
     k = rl.attention_knockout(lm, data, layer_sets=sets, span=args.span, tuned=tuned)
+    rows = k.table()
     res = {"span": k.span, "n": k.n, "n_skipped": k.n_skipped, "base_accuracy": k.base_accuracy,
-           "base_prob": k.base_prob, "rows": k.table()}
+           "base_prob": k.base_prob, "rows": rows}
     lines = [f"first answer token correct without knockout: {k.base_accuracy:.1f} % (n={k.n}, "
              f"skipped {k.n_skipped} without {k.span})"]
     lines += [f"  last position blocked from {k.span} at layers {r['layers']:<14} {r['accuracy']:5.1f} % "
-              f"({r['accuracy_change']:+.1f})  p={r['prob']:.3f}" for r in k.table()]
+              f"({r['accuracy_change']:+.1f})  p={r['prob']:.3f}" for r in rows]
     _emit(args, res, "\n".join(lines))
 
 

@@ -126,7 +126,8 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
                 "memory_rate": ft_s["memory_rate"], "open_em": ft_s["open_em"]},
         "base_recall": base["recall"], "cag": ana["cag"], "aag": ana["aag"], "apg": ana["apg"],
         "knockout": {"span": ko.span, "n": ko.n, "none": ko.base_accuracy,
-                     "layer_sets": [list(ls) for ls in ko.layer_sets], "accuracy": ko.accuracy.tolist(),
+                     "layer_sets": [list(ls) for ls in ko.layer_sets], "labels": ko.labels,
+                     "accuracy": ko.accuracy.tolist(),
                      "base_open_none": ko_open.base_accuracy, "base_open_accuracy": ko_open.accuracy.tolist()},
         "experts": {str(k): v for k, v in ces.items()}, "n_ce_per_layer": n,
         "recipes": RECIPES, "seed": seed, "fast": fast, "model": str(model),
@@ -156,8 +157,8 @@ def summary(r: dict) -> str:
                  f"APG last layer {r['apg'][-1]:+.3f}")
     ko = r.get("knockout")
     if ko:
-        name = lambda ls: "all" if len(ls) == len(r["cag"]) > 1 else "L" + ",".join(map(str, ls))
-        cells = [f"none {ko['none']:.1f}"] + [f"{name(ls)} {a:.1f}" for ls, a in zip(ko["layer_sets"], ko["accuracy"])]
+        cells = [f"none {ko['none']:.1f}"] + [f"{'' if lab == 'all' else 'L'}{lab} {a:.1f}"
+                                              for lab, a in zip(ko["labels"], ko["accuracy"])]
         lines.append("first answer token correct, router-tuned, last position blocked from the answer at: "
                      + " | ".join(cells))
     lines.append(f"finished in {r['seconds']:.0f} s")

@@ -43,17 +43,14 @@ def knockout_bars(results: Mapping[str, Any], title: str | None = None) -> go.Fi
     """Grouped bars: % of examples whose first answer token is the argmax, with no knockout and with the
     last prompt position blocked at each layer set, one colour per model/condition.
 
-    ``results``: name -> a :class:`~routerlens_interp.attention_knockout.Knockout` (reads ``layer_sets``
-    ``[K]``, ``accuracy`` ``[K]``, ``base_accuracy`` and ``span``). Layer sets spanning every layer of a
-    result are labelled "all".
+    ``results``: name -> a :class:`~routerlens_interp.attention_knockout.Knockout` (reads ``labels`` and
+    ``accuracy`` ``[K]``, ``base_accuracy`` and ``span``).
     """
     fig = go.Figure()
     span = None
     for i, (name, k) in enumerate(results.items()):
-        n_layers = max((max(ls) for ls in k.layer_sets), default=-1) + 1
-        labels = ["none"] + ["all" if len(ls) == n_layers > 1 else ",".join(map(str, ls)) for ls in k.layer_sets]
         y = [float(k.base_accuracy)] + [float(a) for a in k.accuracy]
-        fig.add_trace(go.Bar(x=labels, y=y, name=name, marker_color=SEQUENCE[i % len(SEQUENCE)],
+        fig.add_trace(go.Bar(x=["none", *k.labels], y=y, name=name, marker_color=SEQUENCE[i % len(SEQUENCE)],
                              text=[f"{v:.0f}" for v in y], textposition="outside",
                              hovertemplate=f"{name}<br>blocked at %{{x}}: %{{y:.1f}} %<extra></extra>"))
         span = span or k.span

@@ -78,6 +78,8 @@ def test_attention_knockout_scores_and_skips(load_tiny):
     absent = QAExample("Bob lives in Rome.", "Where does Alice live?", ["Paris"])
     k = rl.attention_knockout(lm, [EX, absent, EX], layer_sets=[[0], [0, 1]], progress=False)
     assert (k.n, k.n_skipped, k.layer_sets) == (2, 1, [(0,), (0, 1)])
+    assert len(lm.spec.layers(lm.hf)) == 3 and k.labels == ["0", "0,1"]  # "all" only for every decoder layer
+    assert rl.attention_knockout(lm, [EX], progress=False).labels == ["0", "1", "2", "all"]
     assert k.accuracy.shape == k.prob.shape == (2,) and 0 <= k.base_prob <= 1
     rows = k.table()
     assert [r["layers"] for r in rows] == ["0", "0,1"]

@@ -151,9 +151,9 @@ def test_masking_bars_order_metrics_and_errors():
 def test_knockout_bars_one_series_per_result_with_none_first():
     from types import SimpleNamespace as K
 
-    base = K(layer_sets=[(0,), (1,), (0, 1)], accuracy=np.array([20.0, 79.0, 10.0]), base_accuracy=80.0,
+    base = K(labels=["0", "1", "all"], accuracy=np.array([20.0, 79.0, 10.0]), base_accuracy=80.0,
              span="answer_in_context")
-    tuned = K(layer_sets=[(0,), (1,), (0, 1)], accuracy=np.array([11.0, 53.0, 8.0]), base_accuracy=54.0,
+    tuned = K(labels=["0", "1", "all"], accuracy=np.array([11.0, 53.0, 8.0]), base_accuracy=54.0,
               span="answer_in_context")
     fig = P.knockout_bars({"base": base, "router-tuned": tuned})
     assert [t.name for t in fig.data] == ["base", "router-tuned"]
