@@ -76,31 +76,32 @@ class _Recorder:
         self.handles = []
 
     def __enter__(self):
+        from contextlib import ExitStack
+
+        self.stack = ExitStack()
+        hooks = self.lm.hooks
         for r, layer in enumerate(self.spec.moe_layers):
-            self.handles.append(self.spec.router(self.lm.hf, layer).register_forward_hook(self._router_hook(r)))
-            self.handles.append(self.spec.experts(self.lm.hf, layer).register_forward_pre_hook(
-                self._experts_hook(r), with_kwargs=True))
+            self.stack.enter_context(hooks.read(f"blocks.{layer}.router.hook_logits", self._logits_read(r)))
+            self.stack.enter_context(hooks.read(f"blocks.{layer}.experts.hook_route", self._route_read(r)))
         return self
 
     def __exit__(self, *exc):
-        for h in self.handles:
-            h.remove()
+        self.stack.close()
 
-    def _router_hook(self, r):
-        def hook(module, args, output):
-            probs = output[0].float().softmax(dim=-1)[self.token_mask]
-            self.psum[r] += probs.sum(dim=0).double()
-        return hook
+    def _logits_read(self, r):
+        def read(logits):
+            probs = logits.reshape(-1, logits.shape[-1]).float().softmax(dim=-1)[self.token_mask]
+            self.psum[r] += probs.nan_to_num().sum(dim=0).double()
+        return read
 
-    def _experts_hook(self, r):
-        def hook(module, args, kwargs):
-            idx = args[1] if len(args) > 1 else kwargs["top_k_index"]
-            w = args[2] if len(args) > 2 else kwargs["top_k_weights"]
-            idx, w = idx[self.token_mask], w[self.token_mask]
+    def _route_read(self, r):
+        def read(idx, w):
+            k = idx.shape[-1]
+            idx, w = idx.reshape(-1, k)[self.token_mask], w.reshape(-1, k)[self.token_mask]
             E = self.spec.n_experts
-            self.counts[r] += torch.bincount(idx.reshape(-1), minlength=E)[:E]
-            self.wsum[r] += torch.bincount(idx.reshape(-1), weights=w.reshape(-1).double(), minlength=E)[:E]
-        return hook
+            self.counts[r] += torch.bincount(idx.reshape(-1).long(), minlength=E)[:E]
+            self.wsum[r] += torch.bincount(idx.reshape(-1).long(), weights=w.reshape(-1).double(), minlength=E)[:E]
+        return read
 
 
 @torch.no_grad()

@@ -31,6 +31,16 @@ class MoEModel:
         if tokenizer is not None and tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._nnsight = None
+        self._hooks = None
+
+    @property
+    def hooks(self):
+        """The model's :class:`~routerlens_interp.hooks.HookLayer`: every read and edit of its internals."""
+        if self._hooks is None:
+            from .hooks import HookLayer
+
+            self._hooks = HookLayer(self)
+        return self._hooks
 
     def __repr__(self) -> str:
         s = self.spec

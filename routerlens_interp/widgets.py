@@ -160,11 +160,8 @@ class AblationPanel:
         from .evaluation import generate
 
         ids = self._enc.input_ids[None].to(model.device)
-        logits = model.hf(input_ids=ids).logits[0, self._enc.last_prompt].float()
-        scale = getattr(model.hf.config, "logits_scaling", None)
-        if scale:
-            logits = logits / scale
-        probs = logits.softmax(-1)
+        # the model's own logits: GraniteMoE & co. already apply their logit scaling in forward
+        probs = model.hf(input_ids=ids).logits[0, self._enc.last_prompt].float().softmax(-1)
         top = int(probs.argmax())
         answer = generate(model, [self.example], max_new_tokens=self.max_new_tokens)[0]
         lens = model.trace([self._enc], routing=False, attention=False, lens=True,

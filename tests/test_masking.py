@@ -252,15 +252,20 @@ def test_mask_in_training(family, load_tiny, mode):
 def test_hooks_removed(lm):
     n = _hook_count(lm)
     mask = _mask_for(lm)
+    # reroute: the routing tap (enter + leave) and the guard on the experts' inputs; zero: one edit
+    per_layer = {"reroute": 3, "zero": 1}
     for mode in ("reroute", "zero"):
         with rl.mask_experts(lm, mask, mode=mode):
-            assert _hook_count(lm) == n + len(mask)
+            assert _hook_count(lm) == n + per_layer[mode] * len(mask)
+            with rl.mask_experts(lm, {l: ids[:1] for l, ids in mask.items()}, mode=mode):  # nested: shares hooks
+                assert _hook_count(lm) == n + per_layer[mode] * len(mask)
         assert _hook_count(lm) == n
         with pytest.raises(RuntimeError, match="boom"):
             with rl.mask_experts(lm, mask, mode=mode):
                 raise RuntimeError("boom")
         assert _hook_count(lm) == n
     assert not any(k.startswith("_routerlens") for m in lm.hf.modules() for k in m.__dict__)
+    assert lm.hooks.masks == {} and lm.hooks._points == {} and lm.hooks._routers == {}
     ids = _ids(lm, TEXTS[0])
     with torch.no_grad():
         before = lm.hf(ids).logits

@@ -104,7 +104,18 @@ def inspect_model(model: nn.Module) -> MoESpec:
                    top_k=top_k, routing=routing, layers_path=layers_path, moe_attr=moe_attr,
                    router_attr=router_attr, experts_attr=experts_attr, attn_attr=attn_attr,
                    final_norm_path=norm_path, unembed_path=unembed, shared_experts_attr=shared_attr,
-                   routing_params=params)
+                   routing_params=params, hidden_size=int(cfg.hidden_size), logit_scale=logit_scale(cfg))
+
+
+def logit_scale(cfg) -> tuple | None:
+    """The family's own step from ``lm_head`` output to logits, read off its config."""
+    if getattr(cfg, "logits_scaling", None) not in (None, 1, 1.0):
+        return ("divide", float(cfg.logits_scaling))
+    if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
+        return ("multiply", float(cfg.logit_scale))
+    if getattr(cfg, "final_logit_softcapping", None):
+        return ("softcap", float(cfg.final_logit_softcapping))
+    return None
 
 
 def _has(model: nn.Module, path: str) -> bool:

@@ -30,6 +30,20 @@ class MoESpec:
         final_norm_path / unembed_path: final norm and unembedding (logit lens).
         shared_experts_attr: shared (never routed) experts inside the MoE block, if any.
         routing_params: extra constants of the routing function (scaling factor, groups, ...).
+        hidden_size: ``H``, the width of the residual stream (the router's linear is ``[E, H]``).
+        routing_scope: path, inside a decoder layer, of the module whose forward decides the top-k (the
+            router when it returns weights and indices, else the MoE block or the layer itself).
+        experts_io: ``"fused"`` (the experts module takes ``hidden, indices [T,k], weights [T,k]``) or
+            ``"dense_scores"`` (Llama 4: the router returns ``[T, E]`` scores that scale the experts' inputs).
+        attention_layers: decoder layers whose mixer is softmax attention returning its probabilities
+            (hybrids also have linear-attention, Mamba or convolution layers: see ``mixers``).
+        mixers: ``{layer: kind}`` for every layer that is not softmax attention.
+        logit_scale: the model's own step from ``lm_head`` to its logits: ``("divide", s)``,
+            ``("multiply", s)``, ``("softcap", c)`` or None.
+        reroute_refused: ``{layer: reason}`` for MoE layers where ``reroute`` is refused (set by the
+            self-check when a mask is first applied); layers not listed reroute exactly.
+        lens: None when the logit lens is available, else the reason it is off.
+        notes: what the loader had to do for this model (text model of a multimodal checkpoint...).
     """
 
     family: str
@@ -47,6 +61,21 @@ class MoESpec:
     unembed_path: str = "lm_head"
     shared_experts_attr: str | None = None
     routing_params: dict = field(default_factory=dict)
+    hidden_size: int = 0
+    routing_scope_attr: str = ""
+    experts_io: str = "fused"
+    attention_layers: list[int] | None = None
+    mixers: dict = field(default_factory=dict)
+    logit_scale: tuple | None = None
+    reroute_refused: dict = field(default_factory=dict)
+    lens: str | None = None
+    notes: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.attention_layers is None:
+            self.attention_layers = [l for l in range(self.n_layers) if l not in self.mixers]
+        if not self.routing_scope_attr:
+            self.routing_scope_attr = f"{self.moe_attr}.{self.router_attr}" if self.moe_attr else self.router_attr
 
     # -- module access -------------------------------------------------------------------------
     def layers(self, model: nn.Module) -> nn.ModuleList:
@@ -54,7 +83,7 @@ class MoESpec:
 
     def moe_block(self, model: nn.Module, layer: int) -> nn.Module:
         self.check_moe_layer(layer)
-        return get_path(self.layers(model)[layer], self.moe_attr)
+        return get_path(self.layers(model)[layer], self.moe_attr) if self.moe_attr else self.layers(model)[layer]
 
     def router(self, model: nn.Module, layer: int) -> nn.Module:
         """The router of decoder layer ``layer``: returns ``(logits [T,E], weights [T,k], indices [T,k])``."""
@@ -65,7 +94,20 @@ class MoESpec:
         return get_path(self.moe_block(model, layer), self.experts_attr)
 
     def attention(self, model: nn.Module, layer: int) -> nn.Module:
+        """The softmax attention module of ``layer`` (ValueError for a linear-attention/Mamba/conv layer)."""
+        if layer not in self.attention_layers:
+            raise ValueError(f"layer {layer} of this {self.family} model has no softmax attention "
+                             f"({self.mixer_kind(layer)}); attention layers: {self.attention_layers}")
         return get_path(self.layers(model)[layer], self.attn_attr)
+
+    def mixer_kind(self, layer: int) -> str:
+        """``"softmax attention"`` or what mixes tokens in ``layer`` instead."""
+        return self.mixers.get(layer, "softmax attention")
+
+    def routing_scope(self, model: nn.Module, layer: int) -> nn.Module:
+        """The module whose forward computes the router logits and decides the top-k in ``layer``."""
+        self.check_moe_layer(layer)
+        return get_path(self.layers(model)[layer], self.routing_scope_attr)
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return get_path(model, self.final_norm_path)
@@ -75,10 +117,10 @@ class MoESpec:
 
     # -- paths as strings (for nnsight / TransformerLens / state-dict keys) --------------------
     def router_path(self, layer: int) -> str:
-        return f"{self.layers_path}.{layer}.{self.moe_attr}.{self.router_attr}"
+        return ".".join(p for p in (self.layers_path, str(layer), self.moe_attr, self.router_attr) if p)
 
     def experts_path(self, layer: int) -> str:
-        return f"{self.layers_path}.{layer}.{self.moe_attr}.{self.experts_attr}"
+        return ".".join(p for p in (self.layers_path, str(layer), self.moe_attr, self.experts_attr) if p)
 
     def check_moe_layer(self, layer: int) -> None:
         if layer not in self.moe_layers:
@@ -99,6 +141,6 @@ class MoESpec:
 def get_path(root: nn.Module, path: str) -> nn.Module:
     """``get_path(model, "model.layers")`` → the submodule at that dotted path."""
     mod = root
-    for part in path.split("."):
+    for part in filter(None, path.split(".")):
         mod = mod[int(part)] if part.isdigit() else getattr(mod, part)
     return mod

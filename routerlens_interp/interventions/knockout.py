@@ -7,7 +7,7 @@ are untouched at every layer.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -42,16 +42,11 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
     mask = causal_mask(length, lm.hf.dtype, lm.device)
     mask[0, 0, query, list(keys)] = torch.finfo(mask.dtype).min
 
-    def swap(module, args, kwargs):
-        if "attention_mask" not in kwargs:
-            raise RuntimeError(f"{type(module).__name__} gets its attention mask positionally; attention "
-                               "knockout supports families that pass attention_mask by keyword")
-        kwargs["attention_mask"] = mask
-        return args, kwargs
-
-    handles = [lm.spec.attention(lm.hf, l).register_forward_pre_hook(swap, with_kwargs=True) for l in layers]
-    try:
+    no_attn = [l for l in layers if l not in lm.spec.attention_layers]
+    if no_attn:
+        raise ValueError(f"layers {no_attn} have no softmax attention to knock out "
+                         f"({lm.spec.mixer_kind(no_attn[0])}); attention layers: {lm.spec.attention_layers}")
+    with ExitStack() as stack:
+        for l in layers:
+            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", lambda _old: mask))
         yield
-    finally:
-        for h in handles:
-            h.remove()

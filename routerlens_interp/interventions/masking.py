@@ -1,20 +1,22 @@
 """Expert masking: the causal test of Router Lens, as a context manager.
 
-``reroute``: a forward hook on each affected router sets the masked experts' logits to −inf and re-runs
-the family's routing function (:mod:`routerlens_interp.arch.routing`), so k experts stay active and the
-top-k is re-picked from the others. ``zero``: a forward pre-hook on the fused experts module sets the
-routing weight of masked experts to 0, so routing is unchanged and their contribution disappears.
-Both are plain PyTorch hooks: they act in ``forward``, ``generate``, nnsight traces and training, and
-are removed on exit, also after an exception.
+``reroute``: the masked experts' router logits become −inf inside the family's own routing code (and so
+does every top-k input over the experts), so the family's rule — softmax or sigmoid, correction bias,
+groups, renormalisation, scaling — re-picks k experts from the others. Nothing is re-implemented; a
+self-check on the first ``reroute`` of a model refuses layers where this is not exact. ``zero``: the
+routing weight of masked experts reaching the experts module is set to 0, so routing is unchanged and
+their contribution disappears. Both are edits on the hook layer (``lm.hooks``): they act in ``forward``,
+``generate``, nnsight traces and training, tracers read what they did, and they are removed on exit,
+also after an exception.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Iterator, Mapping
 
 import torch
 
-from ..arch import route
+from ..hooks.selfcheck import RerouteUnavailable, check_reroute, masking_edits
 
 MODES = ("reroute", "zero")
 
@@ -47,54 +49,33 @@ def _bool_mask(ids: list[int], n: int) -> torch.Tensor:
     return m
 
 
-def _reroute_hook(routing: str, masked: torch.Tensor):
-    def hook(module, args, output):
-        logits = output[0]
-        m = masked.to(logits.device)
-        weights, indices = route(routing, logits, module, m)
-        return (logits.masked_fill(m, float("-inf")), weights.to(output[1].dtype), indices) + tuple(output[3:])
-    return hook
+def _guard(family: str, layer: int, masked: torch.Tensor):
+    """A read on the experts' inputs: a masked expert chosen under ``reroute`` is an error, never a number."""
+    def read(idx, w):
+        m = masked.to(idx.device)
+        if bool(m[idx.long()].any()):
+            hit = sorted(set(idx[m[idx.long()]].reshape(-1).tolist()))
+            raise RerouteUnavailable(
+                f"{family}: layer {layer}: the family's routing chose masked experts {hit} for some tokens (scores "
+                f"underflowed or a selection step bypasses the top-k); use mode='zero'")
+    return read
 
 
-def _zero_hook(masked: torch.Tensor):
-    def hook(module, args, kwargs):
-        args = list(args)
-        if len(args) >= 3:
-            idx, w = args[1], args[2]
-        else:
-            idx, w = kwargs["top_k_index"], kwargs["top_k_weights"]
-        w = w.masked_fill(masked.to(idx.device)[idx], 0.0)
-        if len(args) >= 3:
-            args[2] = w
-        else:
-            kwargs = {**kwargs, "top_k_weights": w}
-        return tuple(args), kwargs
-    return hook
+def _zero_edit(masked: torch.Tensor):
+    def edit(idx, w):
+        return w.masked_fill(masked.to(idx.device)[idx.long()], 0.0)
+    return edit
 
 
-_MARK = {"reroute": "_routerlens_reroute", "zero": "_routerlens_zero"}
-
-
-def active_mask(module, mode: str = "reroute") -> torch.Tensor | None:
-    """Bool ``[E]`` union of the ``mode`` masks now in force on ``module`` (None when none is).
-
-    ``reroute`` masks mark the router, ``zero`` masks the experts module. Tracers that read values
-    where the mask's hook cannot reach (nnsight reads a router's output before its forward hooks
-    run; TransformerLens reads top-k weights before the experts' pre-hook) use this to report what
-    the model really used.
-    """
-    masks = module.__dict__.get(_MARK[mode])
+def active_mask(lm, layer: int, mode: str = "reroute") -> torch.Tensor | None:
+    """Bool ``[E]`` union of the ``mode`` masks now in force on MoE ``layer`` of ``lm`` (None when none is)."""
+    masks = [m for md, m in lm.hooks.masks.get(layer, []) if md == mode]
     if not masks:
         return None
     out = masks[0].clone()
     for m in masks[1:]:
         out |= m
     return out
-
-
-def active_reroute_mask(router) -> torch.Tensor | None:
-    """Shorthand for ``active_mask(router, "reroute")``."""
-    return active_mask(router, "reroute")
 
 
 @contextmanager
@@ -104,32 +85,50 @@ def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") ->
     Args:
         lm: a :class:`~routerlens_interp.model.MoEModel`.
         experts: ``{decoder_layer: [expert_id, ...]}`` (an ``ExpertSet`` works too).
-        mode: ``"reroute"`` (logit −inf before the routing function; k experts stay active) or
+        mode: ``"reroute"`` (logit −inf before the family's own routing; k experts stay active) or
             ``"zero"`` (routing kept, masked experts' outputs dropped).
 
     Yields the validated mask. Raises ``ValueError`` for ids out of range, dense layers, or (under
-    ``reroute``) masking so many experts that fewer than ``top_k`` remain.
+    ``reroute``) masking so many experts that fewer than ``top_k`` remain, also together with masks
+    already in force; :class:`RerouteUnavailable` where the model's routing cannot be masked exactly
+    (found by the self-check on the first ``reroute``), naming the family, the layer and the reason.
     """
-    spec = lm.spec
+    spec, hooks = lm.spec, lm.hooks
     clean = normalize_mask(spec, experts, mode)
-    handles, marked = [], []
-    try:
+    if mode == "reroute" and clean:
+        refused = check_reroute(lm)
+        bad = {l: refused[l] for l in clean if l in refused}
+        if bad:
+            l, why = next(iter(bad.items()))
+            raise RerouteUnavailable(f"{spec.family}: reroute is not available on layer(s) {sorted(bad)} ({why}); "
+                                     f"use mode='zero'")
+        for layer, ids in clean.items():
+            prior = active_mask(lm, layer, "reroute")
+            union = _bool_mask(ids, spec.n_experts) | (prior if prior is not None else False)
+            if spec.n_experts - int(union.sum()) < spec.top_k:
+                raise ValueError(f"together with the masks already in force, layer {layer} would have "
+                                 f"{spec.n_experts - int(union.sum())} unmasked experts, fewer than top_k="
+                                 f"{spec.top_k}; exit the outer mask or mask fewer experts")
+    with ExitStack() as stack:
         for layer, ids in clean.items():
             masked = _bool_mask(ids, spec.n_experts)
             if mode == "reroute":
-                module = spec.router(lm.hf, layer)
-                handles.append(module.register_forward_hook(_reroute_hook(spec.routing, masked)))
+                for point, fn in masking_edits(masked):
+                    stack.enter_context(hooks.edit(f"blocks.{layer}.router.{point}", fn))
+                stack.enter_context(hooks.read(f"blocks.{layer}.experts.hook_route", _guard(spec.family, layer, masked)))
             else:
-                module = spec.experts(lm.hf, layer)
-                handles.append(module.register_forward_pre_hook(_zero_hook(masked), with_kwargs=True))
-            module.__dict__.setdefault(_MARK[mode], []).append(masked)
-            marked.append((module, masked))
+                stack.enter_context(hooks.edit(f"blocks.{layer}.experts.hook_route", _zero_edit(masked)))
+            entry = (mode, masked)
+            hooks.masks.setdefault(layer, []).append(entry)
+            stack.callback(_drop, hooks.masks, layer, entry)
         yield clean
-    finally:
-        for h in handles:
-            h.remove()
-        for module, masked in marked:
-            lst = module.__dict__.get(_MARK[mode], [])
-            lst[:] = [m for m in lst if m is not masked]
-            if not lst:
-                module.__dict__.pop(_MARK[mode], None)
+
+
+def _drop(masks: dict, layer: int, entry) -> None:
+    lst = masks.get(layer, [])
+    for i in range(len(lst) - 1, -1, -1):
+        if lst[i] is entry:
+            del lst[i]
+            break
+    if not lst:
+        masks.pop(layer, None)

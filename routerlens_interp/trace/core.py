@@ -83,9 +83,15 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
                                  f"lens_targets=[token_id, ...] or lens=False")
             lens_targets = [int(e.answer_ids[0]) for e in encoded]
         tgt_all = torch.tensor(lens_targets, dtype=torch.long)
+    if lens:
+        from ..hooks import check_lens
+
+        if check_lens(lm) is not None:
+            raise ValueError(f"the logit lens is off for this {spec.family} model: {spec.lens}; pass lens=False")
     rec = Trace(encoded, list(range(spec.n_layers)), list(spec.moe_layers),
                 {l: Routing() for l in spec.moe_layers} if routing else {}, tuple(spans), None, q_all,
-                None, tgt_all if lens else None)
+                None, tgt_all if lens else None,
+                attention_layers=list(spec.attention_layers) if attention else [])
     att, lns = [], []
     was_training = lm.hf.training
     lm.hf.eval()
@@ -104,7 +110,7 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
                     per = flat.view(len(chunk), T, -1)
                     getattr(rec.routing[l], key).extend(per[b, :lengths[b]].clone() for b in range(len(chunk)))
             if attention:
-                att.append(torch.stack([out["attention"][i].detach().cpu() for i in rec.layers], dim=1))
+                att.append(_stack_layers(out["attention"], rec.layers))
             if lens:
                 lns.append(lens_probs(lm, [out["resid"][i] for i in rec.layers], tgt_all[start:start + len(chunk)]))
     finally:
@@ -112,6 +118,17 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
     rec.attention = torch.cat(att) if att else None
     rec.lens = torch.cat(lns) if lns else None
     return rec
+
+
+def _stack_layers(per_layer: dict, layers: list[int]) -> torch.Tensor:
+    """``{layer: [B, H, S]}`` for the attention layers → ``[B, L, H, S]``, NaN where a layer has no attention."""
+    first = next(iter(per_layer.values()))
+    out = torch.full((first.shape[0], len(layers), *first.shape[1:]), float("nan"))
+    for j, l in enumerate(layers):
+        if l in per_layer:
+            a = per_layer[l].detach().cpu()
+            out[:, j, :a.shape[1]] = a
+    return out
 
 
 @torch.no_grad()
@@ -124,12 +141,9 @@ def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Te
 
     Returns ``[B, L]`` probability of each target after each layer.
     """
-    spec = lm.spec
+    from ..hooks import lens_logits
+
     h = torch.stack([r.detach() for r in resid], dim=1)  # [B, L, D]
-    logits = spec.unembed(lm.hf)(spec.final_norm(lm.hf)(h)).float()
-    scale = getattr(lm.hf.config, "logits_scaling", None)  # GraniteMoE divides its logits
-    if scale:
-        logits = logits / scale
-    probs = logits.softmax(dim=-1)
+    probs = lens_logits(lm, h).float().softmax(dim=-1)
     t = targets.to(probs.device)[:, None, None].expand(-1, probs.shape[1], 1)
     return probs.gather(-1, t).squeeze(-1).cpu()

@@ -1,14 +1,32 @@
 """nnsight backend: one ``NNsight.trace`` per batch, reductions done inside the trace.
 
-Inside the trace only small tensors are kept: the query row of each layer's attention probabilities
-reduced to span masses ``[B, H, S]``, the residual stream at the query position ``[B, D]``, and the
-router outputs. Modules are touched in execution order (nnsight requires it).
+Attention probabilities and the residual stream are read through nnsight at the hook layer's points
+(``blocks.L.attn.hook_pattern`` → ``<layer>.<attn>.output[1]``, ``blocks.L.hook_resid_post`` →
+``<layer>.output``); no edit of the hook layer touches a module's output, so nnsight sees what the model
+used. Routing is read from the hook layer's router and experts points, where masks act, so a trace
+under a mask records the routing the model really ran. Inside the trace only small tensors are kept: the
+query row of each attention reduced to span masses ``[B, H, S]`` and the residual at the query ``[B, D]``.
 """
 from __future__ import annotations
+
+from contextlib import ExitStack
 
 import torch
 
 from ..arch import get_path
+
+
+def routing_reads(lm, stack: ExitStack, out: dict) -> None:
+    """Register hook-layer reads of router logits and experts' inputs for every MoE layer into ``out``."""
+    hooks = lm.hooks
+    for i in lm.spec.moe_layers:
+        stack.enter_context(hooks.read(f"blocks.{i}.router.hook_logits",
+                                       lambda x, i=i: out["logits"].__setitem__(i, x.detach().reshape(-1, x.shape[-1]))))
+
+        def route(idx, w, i=i):
+            out["indices"][i] = idx.detach().reshape(-1, idx.shape[-1])
+            out["weights"][i] = w.detach().reshape(-1, w.shape[-1])
+        stack.enter_context(hooks.read(f"blocks.{i}.experts.hook_route", route))
 
 
 def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | None, routing: bool,
@@ -21,7 +39,7 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
         span_masks: ``[B, S, T]`` float masks of the spans, or None for no attention.
 
     Returns ``{"logits": {l: [B*T, E]}, "weights": {l: [B*T, k]}, "indices": {l: [B*T, k]},
-    "attention": {l: [B, H, S]}, "resid": {l: [B, D]}}``.
+    "attention": {l: [B, H, S]} (attention layers only), "resid": {l: [B, D]}}``.
     """
     spec, nm = lm.spec, lm.nnsight
     B = batch["input_ids"].shape[0]
@@ -29,26 +47,16 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
     q = query.to(batch["input_ids"].device)
     layers = get_path(nm, spec.layers_path)
     out = {"logits": {}, "weights": {}, "indices": {}, "attention": {}, "resid": {}}
-    with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"]):
-        for i in range(spec.n_layers):
-            layer = layers[i]
-            if span_masks is not None:
-                probs = get_path(layer, spec.attn_attr).output[1]
-                sel = probs[rows, :, q]  # [B, H, T]
-                out["attention"][i] = torch.einsum("bhk,bsk->bhs", sel.float(), span_masks).save()
-            if routing and i in spec.moe_layers:
-                block = get_path(layer, spec.moe_attr)
-                out["logits"][i] = get_path(block, spec.router_attr).output[0].save()
-                args = get_path(block, spec.experts_attr).inputs[0]
-                out["indices"][i] = args[1].save()
-                out["weights"][i] = args[2].save()
-            if lens:
-                out["resid"][i] = layer.output[rows, q].save()
-    if routing:  # nnsight reads the router output before a reroute mask's forward hook edits it
-        from ..interventions.masking import active_reroute_mask
-
-        for i, logits in out["logits"].items():
-            m = active_reroute_mask(spec.router(lm.hf, i))
-            if m is not None:
-                out["logits"][i] = logits.masked_fill(m.to(logits.device), float("-inf"))
+    with ExitStack() as stack:
+        if routing:
+            routing_reads(lm, stack, out)
+        with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"]):
+            for i in range(spec.n_layers):
+                layer = layers[i]
+                if span_masks is not None and i in spec.attention_layers:
+                    probs = get_path(layer, spec.attn_attr).output[1]
+                    sel = probs[rows, :, q]  # [B, H, T]
+                    out["attention"][i] = torch.einsum("bhk,bsk->bhs", sel.float(), span_masks).save()
+                if lens:
+                    out["resid"][i] = layer.output[rows, q].save()
     return out

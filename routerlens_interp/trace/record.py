@@ -39,6 +39,8 @@ class Trace:
         lens: ``[N, L]`` logit-lens probability of the target token at the query position after each
             layer (``softmax(unembed(final_norm(h_l)))``), or None.
         lens_targets: ``[N]`` target token ids.
+        attention_layers: the layers whose attention was recorded; the others (linear attention, Mamba,
+            convolution layers of hybrid models) are NaN in ``attention``.
     """
 
     encoded: list[Encoded]
@@ -50,6 +52,7 @@ class Trace:
     query: torch.Tensor
     lens: torch.Tensor | None
     lens_targets: torch.Tensor | None
+    attention_layers: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.encoded)

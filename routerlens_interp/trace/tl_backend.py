@@ -10,9 +10,9 @@ hf_model=..., tokenizer=...)``, and exposes hook points named as paths:
                                             with logits and indices swapped, corrected here)
 - ``blocks.L.mlp.hook_expert_weights``      ``[B·T, E]`` top-k weights scattered over all experts
 
-DeepSeek-V2/V3 get only ``gate.hook_in/out``; there the top-k is re-derived from the recorded logits
-with the family's own routing function (:func:`routerlens_interp.arch.route`), which reproduces the
-router exactly, with −inf logits (a ``reroute`` mask) treated as masked.
+Routing is read from the hook layer (``lm.hooks``) in both backends: TransformerLens's router hooks sit
+outside the family's routing, where masks act, and DeepSeek-V2/V3 get only ``gate.hook_in/out``.
+:func:`router_logits` returns TransformerLens's own ``gate.hook_out`` so tests can check the two agree.
 
 Booting a bridge *replaces* modules of the transformers model in place (each wrapped in a bridge
 component). That would change ``lm.hf`` for everything else (spec paths, nnsight, masks), so the
@@ -24,12 +24,10 @@ every bridge component calls its original module. The bridge is cached on the mo
 from __future__ import annotations
 
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
-from ..arch import route
-from ..interventions.masking import active_mask
 
 BRIDGE_NAME = "routerlens-local-model"  # a neutral name: "olmoe" etc. are read as hub aliases
 
@@ -100,18 +98,13 @@ def bridged(lm):
             mod._modules[name] = orig
 
 
-def hook_names(lm, bridge, span_masks: bool, routing: bool, lens: bool) -> list[str]:
-    """The hook points one trace reads."""
+def hook_names(lm, bridge, span_masks: bool, lens: bool) -> list[str]:
+    """The TransformerLens hook points one trace reads (attention and residual stream)."""
     spec, avail = lm.spec, set(bridge.hook_dict)
     names = []
     for i in range(spec.n_layers):
-        if span_masks:
+        if span_masks and i in spec.attention_layers:
             names.append(f"blocks.{i}.attn.hook_pattern")
-        if routing and i in spec.moe_layers:
-            names.append(f"blocks.{i}.mlp.gate.hook_out")
-            for h in ("hook_expert_indices", "hook_expert_weights"):
-                if f"blocks.{i}.mlp.{h}" in avail:
-                    names.append(f"blocks.{i}.mlp.{h}")
         if lens:
             names.append(f"blocks.{i}.hook_resid_post")
     missing = [n for n in names if n not in avail]
@@ -121,9 +114,30 @@ def hook_names(lm, bridge, span_masks: bool, routing: bool, lens: bool) -> list[
     return names
 
 
+def router_logits(lm, ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[int, torch.Tensor]:
+    """TransformerLens's own ``blocks.L.mlp.gate.hook_out`` per MoE layer, flattened to ``[B*T, E]`` (only
+    where the bridge has it), to check against the hook layer's ``router.hook_logits``."""
+    spec = lm.spec
+    with bridged(lm) as bridge:
+        names = [f"blocks.{i}.mlp.gate.hook_out" for i in spec.moe_layers
+                 if f"blocks.{i}.mlp.gate.hook_out" in bridge.hook_dict]
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(ids, attention_mask=attention_mask, names_filter=names, return_type=None)
+    out = {}
+    for i in spec.moe_layers:
+        x = cache[f"blocks.{i}.mlp.gate.hook_out"] if f"blocks.{i}.mlp.gate.hook_out" in cache else None
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.shape[-1] == spec.n_experts:
+            out[i] = x.reshape(-1, x.shape[-1])
+    return out
+
+
 def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | None, routing: bool,
             lens: bool) -> dict:
     """Run one batch through the bridge; same contract as :func:`..nnsight_backend.collect`.
+
+    Attention and residual stream come from TransformerLens hooks; routing from the hook layer's router
+    and experts points (TransformerLens's router hooks sit outside the family's routing, where masks
+    act; :func:`router_logits` reads them for comparison).
 
     Args:
         batch: ``input_ids``/``attention_mask`` ``[B, T]`` (right padded).
@@ -133,43 +147,26 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
     Returns ``{"logits": {l: [B*T, E]}, "weights": {l: [B*T, k]}, "indices": {l: [B*T, k]},
     "attention": {l: [B, H, S]}, "resid": {l: [B, D]}}``.
     """
+    from .nnsight_backend import routing_reads
+
     spec = lm.spec
     ids = batch["input_ids"]
     B = ids.shape[0]
     rows = torch.arange(B, device=ids.device)
     q = query.to(ids.device)
-    with bridged(lm) as bridge:
-        names = hook_names(lm, bridge, span_masks is not None, routing, lens)
+    out = {"logits": {}, "weights": {}, "indices": {}, "attention": {}, "resid": {}}
+    with ExitStack() as stack:
+        if routing:  # on the original modules, before the bridge swaps its components in (they call them)
+            routing_reads(lm, stack, out)
+        bridge = stack.enter_context(bridged(lm))
+        names = hook_names(lm, bridge, span_masks is not None, lens)
         with torch.no_grad():
             _, cache = bridge.run_with_cache(ids, attention_mask=batch["attention_mask"], names_filter=names,
                                              return_type=None)
-    out = {"logits": {}, "weights": {}, "indices": {}, "attention": {}, "resid": {}}
     for i in range(spec.n_layers):
-        if span_masks is not None:
+        if span_masks is not None and i in spec.attention_layers:
             pat = cache[f"blocks.{i}.attn.hook_pattern"][rows, :, q]  # [B, H, T]
             out["attention"][i] = torch.einsum("bhk,bsk->bhs", pat.float(), span_masks)
-        if routing and i in spec.moe_layers:
-            logits = cache[f"blocks.{i}.mlp.gate.hook_out"]
-            idx = cache[f"blocks.{i}.mlp.hook_expert_indices"] if f"blocks.{i}.mlp.hook_expert_indices" in cache \
-                else None
-            if idx is not None and not logits.is_floating_point() and idx.is_floating_point():
-                # TL 4.3's GraniteMoE adapter reads the router tuple in the pre-5.x order (indices,
-                # weights, logits); transformers 5 returns (logits, weights, indices), so the two
-                # hooks carry each other's tensors. Read them the right way round.
-                logits, idx = idx, logits
-            logits = logits.reshape(-1, logits.shape[-1])
-            out["logits"][i] = logits
-            if idx is not None:
-                w = cache[f"blocks.{i}.mlp.hook_expert_weights"]
-                if w.shape[-1] != idx.shape[-1]:  # scattered over all experts → back to top-k
-                    w = w.gather(-1, idx.long())
-            else:  # DeepSeek: no top-k hooks; re-derive with the family's routing function
-                masked = torch.isneginf(logits)
-                w, idx = route(spec.routing, logits, spec.router(lm.hf, i), masked if masked.any() else None)
-            zero = active_mask(spec.experts(lm.hf, i), "zero")  # TL reads weights before a `zero` mask acts
-            if zero is not None:
-                w = w.masked_fill(zero.to(idx.device)[idx], 0.0)
-            out["indices"][i], out["weights"][i] = idx, w
         if lens:
             out["resid"][i] = cache[f"blocks.{i}.hook_resid_post"][rows, q]
     return out

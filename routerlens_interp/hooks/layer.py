@@ -1,0 +1,274 @@
+"""The one hook layer: every read and every edit of a model's internals goes through here.
+
+Named points (``L`` a decoder layer; shapes flatten batch × sequence into ``T`` for routing):
+
+==================================  ==========================================================  =========
+name                                value                                                        edits
+==================================  ==========================================================  =========
+``blocks.L.router.hook_logits``     router logits ``[T, E]``, as the family's routing sees them   yes
+``blocks.L.router.hook_choice``     every top-k input over the expert axis ``[..., E]``           yes
+``blocks.L.experts.hook_route``     ``(indices [T, k], weights [T, k])`` reaching the experts     weights
+``blocks.L.attn.hook_mask``         the additive attention mask the attention module receives     yes
+``blocks.L.attn.hook_pattern``      attention probabilities ``[B, H, T, T]`` (softmax layers)     no
+``blocks.L.hook_resid_post``        residual stream after the layer ``[B, T, D]``                 no
+==================================  ==========================================================  =========
+
+At each point the edits run first, in the order they were added, then the reads: a read sees what the
+model really used, whatever order a mask and a tracer were entered in. The router points act *inside* the
+family's own forward (:class:`~.tap.RoutingTap`), so the family's routing rule runs on the edited logits
+and no re-implementation of it is needed. Every PyTorch hook is installed when a point gets its first
+client and removed with its last, also after an exception; nothing is kept in module ``__dict__``\\s.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+import torch
+
+from ..arch import get_path
+from .tap import RoutingTap
+
+_NAME = re.compile(r"^blocks\.(\d+)\.(router\.hook_logits|router\.hook_choice|experts\.hook_route|attn\.hook_mask|"
+                   r"attn\.hook_pattern|hook_resid_post)$")
+EDITABLE = ("router.hook_logits", "router.hook_choice", "experts.hook_route", "attn.hook_mask")
+
+
+class _Point:
+    def __init__(self):
+        self.edits: list[Callable] = []
+        self.reads: list[Callable] = []
+        self.handles: list = []
+
+    def empty(self) -> bool:
+        return not self.edits and not self.reads
+
+
+class HookLayer:
+    """Named read/edit points of one :class:`~routerlens_interp.model.MoEModel` (``lm.hooks``)."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self._points: dict[str, _Point] = {}
+        self._routers: dict[int, dict] = {}  # layer → installed tap state
+        self.taps_seen: dict[int, int] = {}  # layer → router linears seen by the tap (self-check)
+        self.reroute_checked = False
+        self.masks: dict[int, list] = {}  # layer → [(mode, bool [E])] of the masks now in force
+
+    @property
+    def spec(self):
+        return self.lm.spec
+
+    # -------------------------------------------------------------------------------- public
+    def names(self) -> list[str]:
+        """Every point this model has."""
+        s, out = self.spec, []
+        for l in range(s.n_layers):
+            if l in s.attention_layers:
+                out += [f"blocks.{l}.attn.hook_mask", f"blocks.{l}.attn.hook_pattern"]
+            if l in s.moe_layers:
+                out += [f"blocks.{l}.router.hook_logits", f"blocks.{l}.router.hook_choice",
+                        f"blocks.{l}.experts.hook_route"]
+            out.append(f"blocks.{l}.hook_resid_post")
+        return out
+
+    @contextmanager
+    def edit(self, name: str, fn: Callable) -> Iterator[None]:
+        """Apply ``fn`` at point ``name`` while the block runs (see the table above for its arguments)."""
+        layer, kind = self._parse(name)
+        if kind not in EDITABLE:
+            raise ValueError(f"{name} can be read, not edited; editable points: {EDITABLE}")
+        with self._client(name, layer, kind, "edits", fn):
+            yield
+
+    @contextmanager
+    def read(self, name: str, fn: Callable) -> Iterator[None]:
+        """Call ``fn(value)`` at point ``name`` (after every edit there) while the block runs."""
+        layer, kind = self._parse(name)
+        if kind == "router.hook_choice":
+            raise ValueError(f"{name} is an edit point; read blocks.{layer}.router.hook_logits")
+        with self._client(name, layer, kind, "reads", fn):
+            yield
+
+    # ------------------------------------------------------------------------------ internals
+    def _parse(self, name: str) -> tuple[int, str]:
+        m = _NAME.match(name)
+        if not m:
+            raise KeyError(f"unknown hook point {name!r}; points look like blocks.3.router.hook_logits "
+                           f"(see lm.hooks.names())")
+        layer, kind = int(m.group(1)), m.group(2)
+        s = self.spec
+        if not 0 <= layer < s.n_layers:
+            raise ValueError(f"{name}: layer {layer} out of range; the model has decoder layers 0..{s.n_layers - 1}")
+        if kind.startswith(("router", "experts")):
+            s.check_moe_layer(layer)
+        if kind.startswith("attn") and layer not in s.attention_layers:
+            raise ValueError(f"{name}: layer {layer} has no softmax attention ({s.mixer_kind(layer)}); layers with "
+                             f"attention probabilities: {s.attention_layers}")
+        return layer, kind
+
+    @contextmanager
+    def _client(self, name, layer, kind, role, fn):
+        pt = self._points.setdefault(name, _Point())
+        if pt.empty():
+            self._install(pt, layer, kind)
+        getattr(pt, role).append(fn)
+        try:
+            yield
+        finally:
+            lst = getattr(pt, role)
+            for i in range(len(lst) - 1, -1, -1):
+                if lst[i] is fn:
+                    del lst[i]
+                    break
+            if pt.empty():
+                for h in pt.handles:
+                    h.remove()
+                pt.handles.clear()
+                self._points.pop(name, None)
+
+    def _run(self, name: str, value):
+        pt = self._points.get(name)
+        if pt is None:
+            return value
+        for fn in pt.edits:
+            value = fn(value)
+        for fn in pt.reads:
+            fn(value)
+        return value
+
+    def _run_route(self, name: str, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Route edits ``fn(indices, weights) → weights``, then reads ``fn(indices, weights)``."""
+        pt = self._points.get(name)
+        if pt is None:
+            return w
+        for fn in pt.edits:
+            w = fn(idx, w)
+        for fn in pt.reads:
+            fn(idx, w)
+        return w
+
+    def _install(self, pt: _Point, layer: int, kind: str) -> None:
+        s, hf = self.spec, self.lm.hf
+        if kind in ("router.hook_logits", "router.hook_choice"):
+            pt.handles += self._install_tap(layer)
+        elif kind == "experts.hook_route":
+            pt.handles += self._install_route(layer)
+        elif kind == "attn.hook_mask":
+            pt.handles.append(s.attention(hf, layer).register_forward_pre_hook(
+                self._mask_hook(f"blocks.{layer}.attn.hook_mask"), with_kwargs=True))
+        elif kind == "attn.hook_pattern":
+            name = f"blocks.{layer}.attn.hook_pattern"
+
+            def pattern(module, args, output):
+                probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
+                    raise RuntimeError(f"{name}: {type(module).__name__} returned no attention probabilities "
+                                       f"(got {type(probs).__name__}); load the model with eager attention")
+                self._run(name, probs)
+            pt.handles.append(s.attention(hf, layer).register_forward_hook(pattern))
+        else:  # hook_resid_post
+            name = f"blocks.{layer}.hook_resid_post"
+
+            def resid(module, args, output):
+                self._run(name, output[0] if isinstance(output, tuple) else output)
+            pt.handles.append(s.layers(hf)[layer].register_forward_hook(resid))
+
+    def _mask_hook(self, name):
+        def hook(module, args, kwargs):
+            if "attention_mask" not in kwargs:
+                raise RuntimeError(f"{type(module).__name__} gets its attention mask positionally; {name} supports "
+                                   "attention modules that take attention_mask by keyword")
+            return args, {**kwargs, "attention_mask": self._run(name, kwargs["attention_mask"])}
+        return hook
+
+    # -- routers: one tap per layer, shared by the logits and choice points ---------------------------
+    def _install_tap(self, layer: int) -> list:
+        state = self._routers.get(layer)
+        if state is not None:
+            state["users"] += 1
+            return [_Release(self, layer)]
+        s, hf = self.spec, self.lm.hf
+        scope = s.routing_scope(hf, layer)
+        lname, cname = f"blocks.{layer}.router.hook_logits", f"blocks.{layer}.router.hook_choice"
+
+        def on_logits(x):
+            return self._run(lname, x)
+
+        def on_choice(x):
+            pt = self._points.get(cname)
+            if pt is None or not pt.edits:
+                return x
+            for fn in pt.edits:
+                x = fn(x)
+            return x
+
+        stack: list[RoutingTap] = []
+
+        def enter(module, args, kwargs):
+            tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice)
+            tap.__enter__()
+            stack.append(tap)
+
+        def leave(module, args, kwargs, output):
+            tap = stack.pop()
+            tap.__exit__(None, None, None)
+            self.taps_seen[layer] = self.taps_seen.get(layer, 0) + tap.hits
+
+        h1 = scope.register_forward_pre_hook(enter, with_kwargs=True)
+        h2 = scope.register_forward_hook(leave, with_kwargs=True, always_call=True)
+        self._routers[layer] = {"users": 1, "handles": (h1, h2)}
+        return [_Release(self, layer)]
+
+    # -- experts' inputs -----------------------------------------------------------------------------
+    def _install_route(self, layer: int) -> list:
+        s, hf = self.spec, self.lm.hf
+        name = f"blocks.{layer}.experts.hook_route"
+        if s.experts_io == "dense_scores":  # Llama 4: the router's [T, E] scores scale the experts' inputs
+            k = s.top_k
+
+            def scores_hook(module, args, output):
+                scores = output[0]
+                w, idx = scores.topk(k, dim=-1)
+                w2 = self._run_route(name, idx, w)
+                if w2 is w:
+                    return output
+                return (scores.scatter(-1, idx, w2),) + tuple(output[1:])
+            return [s.router(hf, layer).register_forward_hook(scores_hook)]
+        experts = s.experts(hf, layer)
+        params = list(inspect.signature(experts.forward).parameters)
+        i_name, w_name = params[1], params[2]
+
+        def pre(module, args, kwargs):
+            args = list(args)
+            idx = args[1] if len(args) > 1 else kwargs[i_name]
+            w = args[2] if len(args) > 2 else kwargs[w_name]
+            w2 = self._run_route(name, idx, w)
+            if w2 is w:
+                return None
+            if len(args) > 2:
+                args[2] = w2
+            else:
+                kwargs = {**kwargs, w_name: w2}
+            return tuple(args), kwargs
+
+        return [experts.register_forward_pre_hook(pre, with_kwargs=True)]
+
+
+class _Release:
+    """Handle-like: drops one user of a layer's tap, removing its hooks with the last one."""
+
+    def __init__(self, hl: HookLayer, layer: int):
+        self.hl, self.layer = hl, layer
+
+    def remove(self) -> None:
+        state = self.hl._routers.get(self.layer)
+        if state is None:
+            return
+        state["users"] -= 1
+        if state["users"] == 0:
+            for h in state["handles"]:
+                h.remove()
+            del self.hl._routers[self.layer]

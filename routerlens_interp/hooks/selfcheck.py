@@ -1,0 +1,156 @@
+"""Run-time checks that the hook layer reproduces the model, and refusals with the reason when it does not.
+
+- :func:`check_reroute`: on a probe batch, the routing tap must leave the model's output bit-identical, see
+  exactly one router linear ``[E, H]`` per routing call, and under a mask of the busiest experts the
+  family's own routing must pick ``k`` distinct, unmasked experts for every token. Layers that fail are
+  refused for ``reroute`` (``spec.reroute_refused``); ``zero`` still works there.
+- :func:`check_lens`: ``lens_logits`` of the last layer's residual must equal the model's own logits;
+  otherwise the logit lens is switched off with the reason (``spec.lens``).
+"""
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+import torch
+
+
+class RerouteUnavailable(NotImplementedError):
+    """``reroute`` cannot be done exactly on this model or layer; ``mode="zero"`` still works."""
+
+
+def _probe_ids(lm, n: int = 2, t: int = 16) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    vocab = int(getattr(lm.hf.config, "vocab_size", None) or lm.hf.get_input_embeddings().num_embeddings)
+    return torch.randint(min(3, vocab - 1), vocab, (n, t), generator=g).to(lm.device)
+
+
+def _forward(lm, ids):
+    return lm.hf(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
+    """The model's own step from residual stream to logits: ``[..., D] → [..., V]`` (final norm, unembedding,
+    and the family's logit scaling or soft-capping)."""
+    spec = lm.spec
+    if spec.lens is not None:
+        raise ValueError(f"the logit lens is off for this {spec.family} model: {spec.lens}")
+    logits = spec.unembed(lm.hf)(spec.final_norm(lm.hf)(h))
+    if spec.logit_scale is not None:
+        op, v = spec.logit_scale
+        logits = logits / v if op == "divide" else logits * v if op == "multiply" else torch.tanh(logits / v) * v
+    return logits
+
+
+@torch.no_grad()
+def check_lens(lm) -> str | None:
+    """Set and return ``lm.spec.lens``: None when the last layer's lens equals the model's logits."""
+    spec = lm.spec
+    if spec.lens is not None:
+        return spec.lens
+    ids = _probe_ids(lm)
+    last = spec.n_layers - 1
+    seen = []
+    was = lm.hf.training
+    lm.hf.eval()
+    try:
+        with lm.hooks.read(f"blocks.{last}.hook_resid_post", seen.append):
+            ref = _forward(lm, ids).float()
+        got = lens_logits(lm, seen[-1]).float()
+    except Exception as err:  # an unusual final block: no lens rather than a wrong one
+        spec.lens = f"cannot reproduce the model's logits from its last residual stream ({type(err).__name__}: {err})"
+        return spec.lens
+    finally:
+        lm.hf.train(was)
+    if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
+        diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("nan")
+        spec.lens = (f"final norm + unembedding of the last residual stream does not reproduce the model's logits "
+                     f"(max difference {diff:.3g}): the family does more between its last layer and its logits")
+    return spec.lens
+
+
+@torch.no_grad()
+def check_reroute(lm) -> dict[int, str]:
+    """Probe every MoE layer once per model; → ``{layer: reason}`` of layers refused for ``reroute``."""
+    hooks, spec = lm.hooks, lm.spec
+    if hooks.reroute_checked:
+        return spec.reroute_refused
+    ids = _probe_ids(lm)
+    was = lm.hf.training
+    lm.hf.eval()
+    refused: dict[int, str] = {}
+    try:
+        ref = _forward(lm, ids)
+        routes: dict[int, list] = {l: [] for l in spec.moe_layers}
+        before = {l: hooks.taps_seen.get(l, 0) for l in spec.moe_layers}
+        with ExitStack() as st:
+            for l in spec.moe_layers:
+                st.enter_context(hooks.read(f"blocks.{l}.router.hook_logits", lambda x: None))
+                st.enter_context(hooks.read(f"blocks.{l}.experts.hook_route",
+                                            lambda i, w, l=l: routes[l].append(i.detach().clone())))
+            tapped = _forward(lm, ids)
+        if not torch.equal(ref, tapped):
+            reason = "reading the router logits changed the model's output"
+            return _refuse_all(lm, reason)
+        for l in spec.moe_layers:
+            hits = hooks.taps_seen.get(l, 0) - before[l]
+            calls = len(routes[l])
+            if hits != calls or calls == 0:
+                scope = type(spec.routing_scope(lm.hf, l)).__name__
+                refused[l] = (f"{scope} computed {hits} router linear(s) of shape [{spec.n_experts}, {spec.hidden_size}] "
+                              f"in {calls} routing call(s): the logits cannot be masked before its routing")
+        # Mask the busiest experts of each layer and check that the family's routing avoids them.
+        E, k = spec.n_experts, spec.top_k
+        m = max(1, min(k, E - k))
+        masks = {}
+        for l in spec.moe_layers:
+            if l in refused or not routes[l]:
+                continue
+            used = torch.bincount(torch.cat([r.reshape(-1) for r in routes[l]]).long().cpu(), minlength=E)[:E]
+            masks[l] = used.topk(m).indices.sort().values
+        chosen: dict[int, list] = {l: [] for l in masks}
+        with ExitStack() as st:
+            for l, ids_ in masks.items():
+                bad = torch.zeros(E, dtype=torch.bool)
+                bad[ids_] = True
+                for name, fn in masking_edits(bad):
+                    st.enter_context(hooks.edit(f"blocks.{l}.router.{name}", fn))
+                st.enter_context(hooks.read(f"blocks.{l}.experts.hook_route",
+                                            lambda i, w, l=l: chosen[l].append((i.detach().clone(), w.detach()))))
+            _forward(lm, ids)
+        for l, ids_ in masks.items():
+            bad = set(ids_.tolist())
+            for idx, w in chosen[l]:
+                flat = idx.reshape(-1, idx.shape[-1]).long().cpu()
+                hit = sorted(bad & set(flat.unique().tolist()))
+                if hit:
+                    refused[l] = (f"with experts {sorted(bad)} masked, the family's routing still chose {hit}: its "
+                                  f"selection does not go through the router logits or a top-k over the experts")
+                    break
+                if spec.experts_io == "fused" and any(len(set(r.tolist())) != k for r in flat):
+                    refused[l] = f"with experts {sorted(bad)} masked, some tokens no longer get {k} distinct experts"
+                    break
+    finally:
+        lm.hf.train(was)
+    for l, why in refused.items():
+        spec.reroute_refused.setdefault(l, why)
+    hooks.reroute_checked = True
+    return spec.reroute_refused
+
+
+def _refuse_all(lm, reason):
+    for l in lm.spec.moe_layers:
+        lm.spec.reroute_refused.setdefault(l, reason)
+    lm.hooks.reroute_checked = True
+    return lm.spec.reroute_refused
+
+
+def masking_edits(masked: torch.Tensor):
+    """The two router edits of a ``reroute`` mask (bool ``[E]``, True = masked): ``(point, fn)`` pairs.
+
+    The logits get −inf (the family's softmax/sigmoid then gives the expert nothing and renormalises over
+    the rest), and every top-k over the experts gets −inf too (so a score that does not come from the logit
+    alone, such as a correction bias, cannot select it).
+    """
+    def logits(x):
+        return x.masked_fill(masked.to(x.device), float("-inf"))
+    return [("hook_logits", logits), ("hook_choice", logits)]
