@@ -113,15 +113,71 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     kw = {"attn_implementation": "eager", **hf_kwargs}
     if dtype is not None:
         kw["dtype"] = dtype
-    hf = AutoModelForCausalLM.from_pretrained(path, **kw)
+    hf = _from_pretrained(path, kw)
     hf.config.output_router_logits = False  # True breaks padded generate (aux loss shapes)
     if device is not None and "device_map" not in hf_kwargs:
         hf = hf.to(device)
     hf.eval()
     tok = AutoTokenizer.from_pretrained(path)
-    return MoEModel(hf, tok, name="toy" if name_or_path == "toy" else str(name_or_path))
+    lm = MoEModel(hf, tok, name="toy" if name_or_path == "toy" else str(name_or_path))
+    probe_attention(lm)
+    return lm
+
+
+def _from_pretrained(path: str, kw: dict):
+    """A causal LM; for MoE families that exist only inside a multimodal model, the image-text-to-text
+    class (its language model is what the spec points at; text-only inputs never reach the other towers)."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kw)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        try:
+            return AutoModelForImageTextToText.from_pretrained(path, **kw)
+        except ValueError:
+            raise err from None
+
+
+@torch.no_grad()
+def probe_attention(lm) -> None:
+    """Find the layers whose attention module returns softmax probabilities ``[B, H, T, T]`` (rows sum to 1)
+    on a probe batch; the others (linear attention, Mamba, convolutions, compressed keys) are recorded in
+    ``spec.mixers`` and traced as absent."""
+    spec, hf = lm.spec, lm.hf
+    if getattr(hf.config, "_attn_implementation", "eager") != "eager":
+        return
+    ids = torch.arange(3, 11, device=lm.device)[None] % int(hf.get_input_embeddings().num_embeddings)
+    seen: dict[int, str] = {}
+    handles = []
+    for l in spec.attention_layers:
+        def hook(module, args, output, l=l):
+            p = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+            T = ids.shape[1]
+            if not (isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[-2:] == (T, T)
+                    and torch.allclose(p.float().sum(-1), torch.ones((), device=p.device), atol=1e-3)):
+                shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
+                seen[l] = f"{type(module).__name__} (no [B, H, T, T] softmax probabilities: {shape})"
+        try:
+            handles.append(spec.attention(hf, l).register_forward_hook(hook))
+        except AttributeError:
+            seen[l] = f"{type(spec.layers(hf)[l]).__name__} without a {spec.attn_attr} module"
+    was = hf.training
+    hf.eval()
+    try:
+        hf(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for h in handles:
+            h.remove()
+        hf.train(was)
+    if seen:
+        spec.mixers.update(seen)
+        spec.attention_layers = [l for l in spec.attention_layers if l not in seen]
 
 
 def from_hf(hf, tokenizer, name: str = "") -> MoEModel:
     """Wrap an already-loaded transformers model (eager attention recommended) into a :class:`MoEModel`."""
-    return MoEModel(hf, tokenizer, name=name)
+    lm = MoEModel(hf, tokenizer, name=name)
+    probe_attention(lm)
+    return lm

@@ -138,7 +138,7 @@ def test_load_and_spec(name, root):
 @pytest.mark.parametrize("name", NAMES)
 def test_counts_equal_expert_inputs(name, root):
     lm = _load(name, root)
-    counts = rl.count_experts(lm, TEXTS, batch_size=2, with_answer=False)
+    counts = rl.count_experts(lm, TEXTS, batch_size=1, with_answer=False)  # some families (DSA) are not padding-invariant
     E = lm.spec.n_experts
     expected = torch.zeros(len(lm.spec.moe_layers), E, dtype=torch.long)
     with ExpertsInputs(lm) as rec, torch.no_grad():

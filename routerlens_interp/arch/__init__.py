@@ -1,5 +1,5 @@
 """Architecture families: where routers, experts, attention and the unembedding live."""
-from .inspect import KNOWN_FAMILIES, INSPECTED_FAMILIES, SUPPORTED, NotMoEError, inspect_model
+from .inspect import KNOWN_FAMILIES, INSPECTED_FAMILIES, ROUTING_RULES, SUPPORTED, UNSUPPORTED, NotMoEError, inspect_model
 from .routing import ROUTING_FUNCTIONS, route
 from .spec import MoESpec, get_path
 

@@ -1,11 +1,15 @@
-"""Build a :class:`MoESpec` for a loaded model: known families by name, the rest by inspection.
+"""Build a :class:`MoESpec` for a loaded model by walking its module tree.
 
-Known families (explicit, tested): OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2, DeepSeek-V3.
-Any other transformers family whose MoE blocks have a router (``gate``/``router``, returning
-``(logits, weights, indices)``) next to a fused ``experts`` module (3-D ``gate_up_proj``) is found by
-walking the module tree (tested on PhiMoE and GraniteMoE).
+An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``) next to
+a router: a sibling module holding a ``[E, H]`` weight (``gate``, ``router``, a nested ``.wg``/``.classifier``/
+``.proj`` linear, or a router on the decoder layer itself). The family's routing is never re-implemented:
+``reroute`` runs the family's own code on masked logits (:mod:`routerlens_interp.hooks`), so the table of
+routing rules below is documentation. Families the design cannot represent are refused by name with the
+reason (:data:`UNSUPPORTED`); all 66 MoE families of transformers 5.24 are checked in ``tests/test_families.py``.
 """
 from __future__ import annotations
+
+import inspect as inspect_sig
 
 import torch
 from torch import nn
@@ -23,88 +27,143 @@ KNOWN_FAMILIES = {
     "deepseek_v3": "deepseek_v3",
 }
 INSPECTED_FAMILIES = {"phimoe": "sparsemixer", "granitemoe": "topk_softmax"}
-# Router class-name fragments → routing function, for families found by inspection only.
-_ROUTER_CLASS_HINTS = {"Phimoe": "sparsemixer", "GraniteMoe": "topk_softmax", "DeepseekV3": "deepseek_v3",
-                       "DeepseekV2": "deepseek_v2"}
-SUPPORTED = ("OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, DeepSeek-V2, DeepSeek-V3 (explicit); PhiMoE, GraniteMoE "
-             "and other transformers MoE families with a router and a fused `experts` module (inspected)")
-
-
 class NotMoEError(ValueError):
     """The model has no routed-expert layers this toolkit can read."""
 
 
+# DESIGN §7: the routing rule of each family's own router code (for the spec and the README; `reroute`
+# runs the family's code itself, so nothing here is re-implemented).
+ROUTING_RULES = {
+    **{f: "softmax_topk" for f in ("olmoe", "mixtral", "qwen2_moe", "qwen3_moe", "dbrx", "flex_olmo", "hunyuan_v1_moe",
+                                   "jamba", "lara_mini", "mellum", "minimax", "qwen3_5_moe_text", "qwen3_next",
+                                   "qwen4_exp_text", "qwen3_vl_moe_text")},
+    "deepseek_v2": "deepseek_v2", "deepseek_v3": "deepseek_v3",
+    **{f: "sigmoid_group" for f in ("deepseek_v32", "axk1", "axk2", "bailing_hybrid", "beam", "dots1", "dots3_note_text",
+                                    "exaone_moe", "glm4_moe", "glm4_moe_lite", "glm_moe_dsa", "hy_v4", "kimi_linear",
+                                    "mimo_v2_flash", "nemotron_h", "solar_open", "glm4v_moe_text", "hy_v4_vl_text",
+                                    "glm5_next_text")},
+    **{f: "sigmoid_topk" for f in ("afmoe", "hy_v3", "inkling_text", "inkling2_text", "inkling2_loop_text", "laguna",
+                                   "lfm2_moe", "minimax_m2", "minimax_m3_vl_text", "step3p5")},
+    "kolibri1": "topk_sigmoid", "llama4_text": "topk_sigmoid", "flint": "sigmoid_topk",
+    **{f: "topk_softmax" for f in ("granitemoe", "granitemoe_swa", "granitemoehybrid", "granitemoeshared", "aria_text",
+                                   "cohere2_moe", "gpt_oss", "jetmoe")},
+    "ernie4_5_moe": "softmax_bias", "longcat_flash": "softmax_bias",
+    "mistral4": "softmax_group", "mistral_large4_text": "softmax_group",
+    "phimoe": "sparsemixer", "gemma4_text": "scaled_softmax", "deepseek_v4": "sqrt_softplus_bias",
+}
+# Families this design cannot represent: the reason goes into the refusal.
+UNSUPPORTED = {
+    "doge": "product-key experts (Embedding tables addressed by pairs of sub-keys): no router scores over experts "
+            "and no experts module to mask",
+    "zaya": "an MLP router over E+1 classes with a skip class and recurrent router state: no [E, H] router linear "
+            "whose logits can be masked",
+    "jetmoe": "dispatch experts and a mixture of attention heads (experts inside attention too): the expert "
+              "inputs are not (indices, weights) of one experts module",
+}
+SUPPORTED = ("every MoE family of transformers 5.24 with a router linear [E, H] and an experts module whose "
+             "parameters are stacked per expert (see the README's table); not Doge, Zaya, JetMoE")
+_NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
+_ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
+
+
 def _find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The decoder layers: the longest ModuleList named like layers, the language model's before a tower's."""
     best = None
     for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0 and (best is None or len(mod) > len(best[1])):
-            if "layers" in name.split(".")[-1] or name.endswith(".h") or name.endswith("blocks"):
-                best = (name, mod)
+        if not (isinstance(mod, nn.ModuleList) and len(mod) > 0):
+            continue
+        last = name.split(".")[-1]
+        if not ("layers" in last or last in ("h", "blocks")):
+            continue
+        if any(t in name for t in ("vision", "visual", "audio", "encoder", "tower", "mtp")):
+            continue
+        if best is None or len(mod) > len(best[1]):
+            best = (name, mod)
     if best is None:
         raise NotMoEError(f"cannot find the decoder layers of {type(model).__name__}; supported: {SUPPORTED}")
     return best
 
 
-def _is_experts(mod: nn.Module) -> bool:
-    p = getattr(mod, "gate_up_proj", None)
-    return isinstance(p, (nn.Parameter, torch.Tensor)) and p.dim() == 3 and hasattr(mod, "down_proj")
+def _expert_count(mod: nn.Module) -> int | None:
+    """E when ``mod`` holds per-expert stacked projections (``[E, ., .]`` parameters named *proj*)."""
+    dims = {p.shape[0] for n, p in mod.named_parameters(recurse=False) if p.dim() == 3 and "proj" in n}
+    return dims.pop() if len(dims) == 1 and hasattr(mod, "down_proj") else None
 
 
-def _find_moe(layer: nn.Module):
-    """→ (moe_attr, router_attr, experts_attr, shared_attr) or None for a dense layer."""
-    for name, block in layer.named_modules():
-        if not name or name.count(".") > 1:
+def _router_in(mod: nn.Module, E: int, H: int) -> bool:
+    return any(p.dim() == 2 and tuple(p.shape) == (E, H) for _, p in mod.named_parameters())
+
+
+def _find_moe(layer: nn.Module, H: int):
+    """→ (moe_attr, router_attr, experts_attr, shared_attr, E) or None for a dense layer."""
+    for name, mod in layer.named_modules():
+        if name.count(".") > 1:
             continue
-        experts = [n for n, c in block.named_children() if _is_experts(c)]
-        if not experts:
+        E = _expert_count(mod)
+        if E is None:
             continue
-        routers = [n for n, c in block.named_children()
-                   if n in ("gate", "router") and getattr(c, "weight", None) is not None]
+        parent_name, _, experts_attr = name.rpartition(".")
+        block = layer.get_submodule(parent_name) if parent_name else layer
+        routers = [n for n, c in block.named_children() if n != experts_attr and _router_in(c, E, H)]
         if not routers:
             continue
+        router = routers[0] if len(routers) == 1 else next((n for n in routers if n in ("gate", "router")), routers[0])
         shared = next((n for n, _ in block.named_children() if n in ("shared_expert", "shared_experts")), None)
-        return name, routers[0], experts[0], shared
+        return parent_name, router, experts_attr, shared, E
     return None
 
 
 def inspect_model(model: nn.Module) -> MoESpec:
     """Read the MoE layout of a transformers causal LM → :class:`MoESpec`. Raises :class:`NotMoEError`."""
     cfg = model.config
-    family = getattr(cfg, "model_type", type(model).__name__)
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    family = getattr(text_cfg, "model_type", None) or getattr(cfg, "model_type", type(model).__name__)
+    if family in UNSUPPORTED or getattr(cfg, "model_type", None) in UNSUPPORTED:
+        raise NotMoEError(f"{type(model).__name__} ({family}) cannot be supported: {UNSUPPORTED.get(family) or UNSUPPORTED[cfg.model_type]}. "
+                          f"Supported: {SUPPORTED}")
+    H = int(getattr(text_cfg, "hidden_size"))
     layers_path, layers = _find_layers(model)
-    found = {i: _find_moe(layer) for i, layer in enumerate(layers)}
+    found = {i: _find_moe(layer, H) for i, layer in enumerate(layers)}
     moe_layers = [i for i, f in found.items() if f is not None]
     if not moe_layers:
         raise NotMoEError(
             f"{type(model).__name__} ({family}) is not an MoE model, or its layout is one this toolkit "
-            f"cannot read (no router next to a fused `experts` module). Supported families: {SUPPORTED}.")
-    moe_attr, router_attr, experts_attr, shared_attr = found[moe_layers[0]]
-    block = layers[moe_layers[0]].get_submodule(moe_attr)
+            f"cannot read (no router linear [E, H] next to an experts module of stacked projections). "
+            f"Supported: {SUPPORTED}.")
+    moe_attr, router_attr, experts_attr, shared_attr, n_experts = found[moe_layers[0]]
+    block = layers[moe_layers[0]].get_submodule(moe_attr) if moe_attr else layers[moe_layers[0]]
     router = getattr(block, router_attr)
     experts = getattr(block, experts_attr)
-    n_experts = int(experts.gate_up_proj.shape[0])
-    top_k = int(getattr(router, "top_k", None) or getattr(cfg, "num_experts_per_tok"))
-    routing = KNOWN_FAMILIES.get(family) or INSPECTED_FAMILIES.get(family)
-    if routing is None:
-        routing = next((r for hint, r in _ROUTER_CLASS_HINTS.items() if hint in type(router).__name__),
-                       "softmax_topk" if hasattr(router, "norm_topk_prob") else "unknown")
-    assert routing == "unknown" or routing in ROUTING_FUNCTIONS
-    attn_attr = next((n for n, _ in layers[0].named_children() if n in ("self_attn", "attn", "attention")),
-                     "self_attn")
+    top_k = int(getattr(router, "top_k", None) or getattr(block, "top_k", None) or getattr(text_cfg, "num_experts_per_tok", None)
+                or getattr(text_cfg, "moe_topk", None) or getattr(text_cfg, "num_experts_per_token"))
+    routing = KNOWN_FAMILIES.get(family) or INSPECTED_FAMILIES.get(family) or ROUTING_RULES.get(family, "family code")
+    attn_attr = next((n for l in layers for n, _ in l.named_children() if n in _ATTN_NAMES), "self_attn")
+    mixers = {i: type(next((c for n, c in l.named_children() if n in ("mamba", "linear_attn", "conv", "mixer")),
+                           l)).__name__ for i, l in enumerate(layers) if not hasattr(l, attn_attr)}
     base = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
-    norm_path = next((p for p in (f"{base}.norm" if base else "norm", f"{base}.final_layernorm" if base else "")
-                      if p and _has(model, p)), None)
+    norm_path = next((f"{base}.{n}" if base else n for n in _NORM_NAMES if _has(model, f"{base}.{n}" if base else n)),
+                     None)
     unembed = "lm_head" if hasattr(model, "lm_head") else None
-    if norm_path is None or unembed is None:
-        raise NotMoEError(f"cannot find the final norm / unembedding of {type(model).__name__}; load a "
-                          f"causal-LM class (AutoModelForCausalLM). Supported: {SUPPORTED}")
-    params = {k: getattr(router, k) for k in ("norm_topk_prob", "routed_scaling_factor", "num_group",
+    if unembed is None:
+        raise NotMoEError(f"cannot find the unembedding (lm_head) of {type(model).__name__}; load a causal-LM or "
+                          f"image-text-to-text class. Supported: {SUPPORTED}")
+    # Routers that are a plain Linear give logits only; the block then decides the top-k.
+    scope = ".".join(p for p in (moe_attr, router_attr) if p) if type(router) is not nn.Linear else moe_attr
+    params = list(inspect_sig.signature(experts.forward).parameters)
+    io = "fused" if len(params) >= 3 else "dense_scores"
+    consts = {k: getattr(router, k) for k in ("norm_topk_prob", "routed_scaling_factor", "num_group",
                                                "topk_group", "topk_method") if hasattr(router, k)}
-    return MoESpec(family=family, n_layers=len(layers), moe_layers=moe_layers, n_experts=n_experts,
+    spec = MoESpec(family=family, n_layers=len(layers), moe_layers=moe_layers, n_experts=n_experts,
                    top_k=top_k, routing=routing, layers_path=layers_path, moe_attr=moe_attr,
                    router_attr=router_attr, experts_attr=experts_attr, attn_attr=attn_attr,
-                   final_norm_path=norm_path, unembed_path=unembed, shared_experts_attr=shared_attr,
-                   routing_params=params, hidden_size=int(cfg.hidden_size), logit_scale=logit_scale(cfg))
+                   final_norm_path=norm_path or "", unembed_path=unembed, shared_experts_attr=shared_attr,
+                   routing_params=consts, hidden_size=H, routing_scope_attr=scope, experts_io=io, mixers=mixers,
+                   logit_scale=logit_scale(text_cfg))
+    if norm_path is None:
+        spec.lens = f"no final norm found (looked for {', '.join(_NORM_NAMES)} next to the decoder layers)"
+    if model.config is not text_cfg:
+        spec.notes.append(f"text model of {type(model).__name__}: the other towers are not traced")
+    return spec
 
 
 def logit_scale(cfg) -> tuple | None:

@@ -123,7 +123,8 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
 def _stack_layers(per_layer: dict, layers: list[int]) -> torch.Tensor:
     """``{layer: [B, H, S]}`` for the attention layers → ``[B, L, H, S]``, NaN where a layer has no attention."""
     first = next(iter(per_layer.values()))
-    out = torch.full((first.shape[0], len(layers), *first.shape[1:]), float("nan"))
+    heads = max(a.shape[1] for a in per_layer.values())
+    out = torch.full((first.shape[0], len(layers), heads, first.shape[2]), float("nan"))
     for j, l in enumerate(layers):
         if l in per_layer:
             a = per_layer[l].detach().cpu()

@@ -58,5 +58,7 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
                     sel = probs[rows, :, q]  # [B, H, T]
                     out["attention"][i] = torch.einsum("bhk,bsk->bhs", sel.float(), span_masks).save()
                 if lens:
-                    out["resid"][i] = layer.output[rows, q].save()
+                    h = layer.output
+                    h = h[0] if isinstance(h, tuple) else h  # some layers also return indexer state
+                    out["resid"][i] = h[rows, q].save()
     return out
