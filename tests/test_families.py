@@ -269,23 +269,27 @@ def test_trace_and_knockout(name, root):
     lm = _load(name, root)
     s = lm.spec
     ex = rl.QAExample(context="Alice Smith was born in Paris.", question="Where was Alice born?", answers=["Paris"])
-    tr = lm.trace([ex, ex], lens=s.lens is None)
+    tr = lm.trace([ex, ex], lens=check_lens(lm) is None)
     assert tr.attention_layers == s.attention_layers
     for l in s.moe_layers:
         assert len(tr.routing[l].indices) == 2
     if s.attention_layers:
         att = tr.attention_to("context")
-        assert torch.isfinite(att[:, s.attention_layers]).all()
+        assert torch.isfinite(att[:, s.attention_layers]).all()  # 0 is legitimate in a short sliding window
         absent = [l for l in range(s.n_layers) if l not in s.attention_layers]
         assert torch.isnan(att[:, absent]).all()
         enc = lm.encode(ex)
         keys = enc.span("answer_in_context").tolist()
         first = s.attention_layers[0]
         pats = []
-        with lm.hooks.read(f"blocks.{first}.attn.hook_pattern", lambda p: pats.append(p[0, :, enc.last_prompt])):
-            with rl.knock_out_attention(lm, [first], enc.last_prompt, keys, len(enc.input_ids)), torch.no_grad():
-                lm.hf(enc.input_ids[None])
-        assert float(pats[0][:, keys].abs().max()) == 0.0
+        try:
+            with lm.hooks.read(f"blocks.{first}.attn.hook_pattern", lambda p: pats.append(p[0, :, enc.last_prompt])):
+                with rl.knock_out_attention(lm, [first], enc.last_prompt, keys, len(enc.input_ids)), torch.no_grad():
+                    lm.hf(enc.input_ids[None])
+            assert float(pats[0][:, keys].abs().max()) == 0.0
+        except RuntimeError as err:  # a mask format knockout cannot edit: refused with the reason
+            assert "cannot edit" in str(err)
+            _record(name, "knockout", f"refused: {err}")
     note = "ok" if len(s.attention_layers) == s.n_layers else \
         f"ok; attention on layers {s.attention_layers}, absent on {sorted(set(range(s.n_layers)) - set(s.attention_layers))} ({', '.join(sorted(set(s.mixers.values())))})"
     _record(name, "trace", note)
@@ -293,6 +297,8 @@ def test_trace_and_knockout(name, root):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_transformer_lens_agrees(name, root):
+    """Where TransformerLens 4.3 bridges the family: its attention and residual stream give the same trace as
+    nnsight, and its router hook carries what the router module returns."""
     from routerlens_interp.trace.tl_backend import TLUnsupportedError, router_logits
 
     lm = _load(name, root)
@@ -302,13 +308,29 @@ def test_transformer_lens_agrees(name, root):
     except (TLUnsupportedError, Exception) as err:  # noqa: BLE001 - any bridge failure is "not supported"
         _record(name, "tl", f"no adapter: {str(err).splitlines()[0][:120]}")
         pytest.skip(f"TransformerLens: {err}")
-    ours = {}
-    with lm.hooks.read(f"blocks.{lm.spec.moe_layers[0]}.router.hook_logits", lambda x: ours.setdefault(0, x)), \
-            torch.no_grad():
-        lm.hf(ids)
-    first = lm.spec.moe_layers[0]
-    if first not in tl:
-        _record(name, "tl", "bridge boots; no router hook")
-        return
-    torch.testing.assert_close(tl[first].float(), ours[0].reshape(-1, ours[0].shape[-1]).float(), rtol=1e-4, atol=1e-5)
+    ex = rl.QAExample(context="Alice Smith was born in Paris.", question="Where was Alice born?", answers=["Paris"])
+    lens = check_lens(lm) is None
+    a = lm.trace([ex], lens=lens)
+    try:
+        b = lm.trace([ex], lens=lens, backend="transformer_lens")
+    except TLUnsupportedError as err:
+        _record(name, "tl", f"partial: {str(err)[:120]}")
+        pytest.skip(str(err))
+    torch.testing.assert_close(a.attention, b.attention, rtol=1e-4, atol=1e-5, equal_nan=True)
+    if lens:
+        torch.testing.assert_close(a.lens, b.lens, rtol=1e-4, atol=1e-6)
+    outs = {}
+    def keep(l):
+        def hook(module, args, out):  # returns None: a forward hook's return value would replace the output
+            outs.setdefault(l, out[0] if isinstance(out, tuple) else out)
+        return hook
+    handles = [lm.spec.router(lm.hf, l).register_forward_hook(keep(l)) for l in tl]
+    try:
+        with torch.no_grad():
+            lm.hf(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    for l, x in tl.items():
+        torch.testing.assert_close(x.float(), outs[l].reshape(-1, outs[l].shape[-1]).float(), rtol=1e-4, atol=1e-5)
     _record(name, "tl", "ok")

@@ -135,7 +135,8 @@ def inspect_model(model: nn.Module) -> MoESpec:
     router = getattr(block, router_attr)
     experts = getattr(block, experts_attr)
     top_k = int(getattr(router, "top_k", None) or getattr(block, "top_k", None) or getattr(text_cfg, "num_experts_per_tok", None)
-                or getattr(text_cfg, "moe_topk", None) or getattr(text_cfg, "num_experts_per_token"))
+                or getattr(text_cfg, "moe_topk", None) or getattr(text_cfg, "top_k_experts", None)
+                or getattr(text_cfg, "num_experts_per_token"))
     routing = KNOWN_FAMILIES.get(family) or INSPECTED_FAMILIES.get(family) or ROUTING_RULES.get(family, "family code")
     attn_attr = next((n for l in layers for n, _ in l.named_children() if n in _ATTN_NAMES), "self_attn")
     mixers = {i: type(next((c for n, c in l.named_children() if n in ("mamba", "linear_attn", "conv", "mixer")),

@@ -25,7 +25,8 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
     """Within the block, a single-sequence forward of ``length`` tokens (no padding) cannot attend from
     position ``query`` to positions ``keys`` at decoder ``layers``; hooks are removed on exit.
 
-    Sliding-window layers get a plain causal mask here, so prompts must fit their window.
+    The model's own mask is edited (sliding windows and padding stay as they are); where a layer gets no
+    mask, a plain causal one is used.
     """
     impl = getattr(lm.hf.config, "_attn_implementation", None) or "eager"
     if impl not in SUPPORTED:
@@ -46,7 +47,22 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
     if no_attn:
         raise ValueError(f"layers {no_attn} have no softmax attention to knock out "
                          f"({lm.spec.mixer_kind(no_attn[0])}); attention layers: {lm.spec.attention_layers}")
+    lo = torch.finfo(lm.hf.dtype).min
+
+    def edit(old):
+        """Block the entries in the model's own mask (keeps its sliding windows and sinks); a plain causal
+        mask where the model passes none."""
+        if old is None:
+            return mask
+        if isinstance(old, torch.Tensor) and old.dim() >= 2 and old.shape[-2] == length and old.shape[-1] >= length:
+            new = old.clone()
+            new[..., query, list(keys)] = False if new.dtype == torch.bool else lo
+            return new
+        raise RuntimeError(f"attention knockout cannot edit this {lm.spec.family} model's attention mask "
+                           f"({type(old).__name__} {tuple(getattr(old, 'shape', ()))}); it supports additive or "
+                           f"boolean [.., T, T] masks")
+
     with ExitStack() as stack:
         for l in layers:
-            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", lambda _old: mask))
+            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", edit))
         yield

@@ -110,7 +110,7 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
                     per = flat.view(len(chunk), T, -1)
                     getattr(rec.routing[l], key).extend(per[b, :lengths[b]].clone() for b in range(len(chunk)))
             if attention:
-                att.append(_stack_layers(out["attention"], rec.layers))
+                att.append(_stack_layers(out["attention"], rec.layers, (len(chunk), len(spans))))
             if lens:
                 lns.append(lens_probs(lm, [out["resid"][i] for i in rec.layers], tgt_all[start:start + len(chunk)]))
     finally:
@@ -120,11 +120,11 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
     return rec
 
 
-def _stack_layers(per_layer: dict, layers: list[int]) -> torch.Tensor:
+def _stack_layers(per_layer: dict, layers: list[int], shape: tuple[int, int]) -> torch.Tensor:
     """``{layer: [B, H, S]}`` for the attention layers → ``[B, L, H, S]``, NaN where a layer has no attention."""
-    first = next(iter(per_layer.values()))
-    heads = max(a.shape[1] for a in per_layer.values())
-    out = torch.full((first.shape[0], len(layers), heads, first.shape[2]), float("nan"))
+    B, S = shape
+    heads = max((a.shape[1] for a in per_layer.values()), default=1)
+    out = torch.full((B, len(layers), heads, S), float("nan"))
     for j, l in enumerate(layers):
         if l in per_layer:
             a = per_layer[l].detach().cpu()

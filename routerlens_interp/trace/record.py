@@ -64,7 +64,8 @@ class Trace:
         if span not in self.spans:
             raise KeyError(f"span {span!r} not traced; traced spans: {self.spans}")
         a = self.attention[..., self.spans.index(span)]
-        return a if heads == "all" else a.mean(dim=-1)
+        # nanmean: layers with fewer heads pad with NaN; layers without attention stay NaN
+        return a if heads == "all" else a.nanmean(dim=-1)
 
     def tokens(self, i: int, tokenizer) -> list[str]:
         """Token strings of example ``i``."""
