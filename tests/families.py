@@ -49,6 +49,14 @@ class FamilyCase:
     model_type: str = ""
 
 
+# Families the toolkit must refuse by name (our reading of their code; the refusal must name the family).
+REFUSED = {
+    "doge": "product-key experts", "zaya": "MLP router with a skip class", "jetmoe": "dispatch experts + MoA",
+    "dbrx": "2-D expert matrices", "inkling_text": "router shared with shared experts",
+    "longcat_flash": "zero-compute identity experts",
+}
+
+
 def cases() -> dict[str, FamilyCase]:
     """Family → case, for all families of both tables."""
     from family_table_a import CASES as A
@@ -56,6 +64,8 @@ def cases() -> dict[str, FamilyCase]:
 
     out = {c.family: c for c in A + B}
     assert len(out) == len(A) + len(B), "a family is listed twice"
+    for name, why in REFUSED.items():
+        out[name].unsupported = out[name].unsupported or why
     return out
 
 

@@ -59,9 +59,16 @@ UNSUPPORTED = {
             "whose logits can be masked",
     "jetmoe": "dispatch experts and a mixture of attention heads (experts inside attention too): the expert "
               "inputs are not (indices, weights) of one experts module",
+    "dbrx": "experts stored as 2-D [E·I, H] matrices (w1, v1, w2) rather than stacked per expert, so an expert's "
+            "weights cannot be addressed as one slice (routing itself would fit; not done yet)",
+    "inkling_text": "one router scores the routed and the shared experts together (weight [E+S, H]) and normalises "
+                    "over both: masking a routed expert would change the shared experts' weights",
+    "longcat_flash": "the router also picks zero-compute identity experts (router width E+Z, down_proj of E rows), "
+                     "which do not fit one experts module of E stacked experts (not done yet)",
 }
 SUPPORTED = ("every MoE family of transformers 5.24 with a router linear [E, H] and an experts module whose "
-             "parameters are stacked per expert (see the README's table); not Doge, Zaya, JetMoE")
+             "parameters are stacked per expert (see the README's table); not Doge, Zaya, JetMoE, DBRX, "
+             "Inkling, LongCat-Flash")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
@@ -138,7 +145,8 @@ def inspect_model(model: nn.Module) -> MoESpec:
                 or getattr(text_cfg, "moe_topk", None) or getattr(text_cfg, "top_k_experts", None)
                 or getattr(text_cfg, "num_experts_per_token"))
     routing = KNOWN_FAMILIES.get(family) or INSPECTED_FAMILIES.get(family) or ROUTING_RULES.get(family, "family code")
-    attn_attr = next((n for l in layers for n, _ in l.named_children() if n in _ATTN_NAMES), "self_attn")
+    attn_attr = next((n for l in layers for n, _ in l.named_children() if n in _ATTN_NAMES), None) or next(
+        (n for l in layers for n, c in l.named_children() if type(c).__name__.endswith("Attention")), "self_attn")
     mixers = {i: type(next((c for n, c in l.named_children() if n in ("mamba", "linear_attn", "conv", "mixer")),
                            l)).__name__ for i, l in enumerate(layers) if not hasattr(l, attn_attr)}
     base = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
