@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SEED   ?= 826
 OUT    ?= demo_out
 
-.PHONY: setup demo test test-slow figures bench clean
+.PHONY: setup demo test test-slow figures families bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,11 @@ test-slow: setup
 
 figures: setup
 	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
+
+# The README's architectures table, generated from the family suite's results.
+families: setup
+	ROUTERLENS_FAMILY_REPORT=assets/families.json OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_families.py
+	$(PY) tests/family_report.py assets/families.json README.md
 
 bench: setup
 	$(PY) benchmarks/trace_overhead.py
