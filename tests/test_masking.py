@@ -298,3 +298,16 @@ def test_bad_ids_raise(lm, family):
         assert clean == {l: [1, 2]}
     if family in ("qwen2_moe", "deepseek_v2", "deepseek_v3"):
         assert dense
+
+
+def test_nested_masks_checked_together(lm):
+    """Two masks, each legal, whose union leaves fewer than top_k experts: refused when the second is entered."""
+    E, k = lm.spec.n_experts, lm.spec.top_k
+    layer = lm.spec.moe_layers[0]
+    first, second = list(range(E - k)), list(range(1, E - k + 1))
+    with rl.mask_experts(lm, {layer: first}):
+        with pytest.raises(ValueError, match="together with the masks already in force"):
+            with rl.mask_experts(lm, {layer: second}):
+                pass
+        assert rl.interventions.active_mask(lm, layer).sum() == E - k  # the outer mask is still in force
+    assert lm.hooks.masks == {}

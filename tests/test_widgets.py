@@ -244,3 +244,25 @@ def test_widget_with_figurewidget(tiny_lm, monkeypatch):
     assert panel._ui["fig"] is fig
     np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), panel.result["apg"])
     np.testing.assert_allclose(np.asarray(fig.data[2].y, dtype=float), panel.result["lens"])
+
+
+def test_granitemoe_panel_probability_equals_plain_forward(tmp_path):
+    """GraniteMoE divides its logits by logits_scaling inside forward: the panel must not divide again."""
+    import transformers as tf
+
+    cfg = tiny.configs()["granitemoe"]
+    cfg.logits_scaling = 4.0
+    torch.manual_seed(0)
+    model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model.save_pretrained(tmp_path)
+    tiny.tokenizer().save_pretrained(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = rl.load(str(tmp_path))
+    assert lm.spec.logit_scale == ("divide", 4.0)
+    r = AblationPanel(lm, EX).update()
+    enc = lm.encode(EX)
+    with torch.no_grad():
+        p = lm.hf(input_ids=enc.input_ids[None]).logits[0, enc.last_prompt].float().softmax(-1)[int(enc.answer_ids[0])]
+    assert r["p_answer"] == pytest.approx(float(p), rel=1e-5)
+    assert r["lens"][-1] == pytest.approx(float(p), rel=1e-4)  # the lens applies the scaling exactly once
