@@ -66,9 +66,11 @@ UNSUPPORTED = {
     "longcat_flash": "the router also picks zero-compute identity experts (router width E+Z, down_proj of E rows), "
                      "which do not fit one experts module of E stacked experts (not done yet)",
 }
-SUPPORTED = ("every MoE family of transformers 5.24 with a router linear [E, H] and an experts module whose "
-             "parameters are stacked per expert (see the README's table); not Doge, Zaya, JetMoE, DBRX, "
-             "Inkling, LongCat-Flash")
+SUPPORTED = ("60 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
+             "DeepSeek-V2, DeepSeek-V3, GLM-4.5, GPT-OSS, Llama 4, ERNIE 4.5, dots.llm1, MiniMax-M2, Kimi-Linear, "
+             "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE (any family with a router linear [E, H] next to an experts "
+             "module of per-expert stacked projections; the README's table lists all 66); not Doge, Zaya, JetMoE, "
+             "DBRX, Inkling, LongCat-Flash")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
