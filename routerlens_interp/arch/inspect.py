@@ -152,8 +152,7 @@ def inspect_model(model: nn.Module) -> MoESpec:
     mixers = {i: type(next((c for n, c in l.named_children() if n in ("mamba", "linear_attn", "conv", "mixer")),
                            l)).__name__ for i, l in enumerate(layers) if not hasattr(l, attn_attr)}
     base = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
-    norm_path = next((f"{base}.{n}" if base else n for n in _NORM_NAMES if _has(model, f"{base}.{n}" if base else n)),
-                     None)
+    norm_path = next((p for p in (f"{base}.{n}" if base else n for n in _NORM_NAMES) if _has(model, p)), None)
     unembed = "lm_head" if hasattr(model, "lm_head") else None
     if unembed is None:
         raise NotMoEError(f"cannot find the unembedding (lm_head) of {type(model).__name__}; load a causal-LM or "

@@ -55,6 +55,7 @@ class HookLayer:
         self._routers: dict[int, dict] = {}  # layer → installed tap state
         self.taps_seen: dict[int, int] = {}  # layer → router linears seen by the tap (self-check)
         self.reroute_checked = False
+        self.lens_checked = False
         self.masks: dict[int, list] = {}  # layer → [(mode, bool [E])] of the masks now in force
 
     @property

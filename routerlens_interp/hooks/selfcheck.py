@@ -45,6 +45,8 @@ def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
 def check_lens(lm) -> str | None:
     """Set and return ``lm.spec.lens``: None when the last layer's lens equals the model's logits."""
     spec = lm.spec
+    if lm.hooks.lens_checked:  # once per model: trace calls this on every call
+        return spec.lens
     if spec.lens is not None:
         return spec.lens
     ids = _probe_ids(lm)
@@ -58,6 +60,7 @@ def check_lens(lm) -> str | None:
         got = lens_logits(lm, seen[-1]).float()
     except Exception as err:  # an unusual final block: no lens rather than a wrong one
         spec.lens = f"cannot reproduce the model's logits from its last residual stream ({type(err).__name__}: {err})"
+        lm.hooks.lens_checked = True
         return spec.lens
     finally:
         lm.hf.train(was)
@@ -68,6 +71,7 @@ def check_lens(lm) -> str | None:
         diff = (got - ref).abs().max().item()
         spec.lens = (f"final norm + unembedding of the last residual stream does not reproduce the model's logits "
                      f"(max difference {diff:.3g}): the family does more between its last layer and its logits")
+    lm.hooks.lens_checked = True  # only after a completed probe
     return spec.lens
 
 
