@@ -17,7 +17,7 @@ from torch import nn
 from .routing import ROUTING_FUNCTIONS
 from .spec import MoESpec
 
-# model_type → routing function; the module layout is read off the tree for all of them.
+# model_type → name of its routing rule in arch/routing.py (the hand-written rules the tests compare with).
 KNOWN_FAMILIES = {
     "olmoe": "softmax_topk",
     "mixtral": "softmax_topk",

@@ -22,14 +22,15 @@ class MoESpec:
         moe_layers: decoder-layer indices that hold routed experts (dense layers are left out).
         n_experts: routed experts per MoE layer.
         top_k: experts per token.
-        routing: name of the routing function (see :mod:`routerlens_interp.arch.routing`).
+        routing: name of the family's routing rule (DESIGN §7; documentation only: ``reroute`` runs the
+            family's own router code, see :mod:`routerlens_interp.hooks`).
         layers_path: path of the decoder-layer ``ModuleList``.
         moe_attr: path of the MoE block inside a decoder layer (``"mlp"``, ``"block_sparse_moe"``).
         router_attr / experts_attr: paths inside the MoE block.
         attn_attr: self-attention module inside a decoder layer.
         final_norm_path / unembed_path: final norm and unembedding (logit lens).
         shared_experts_attr: shared (never routed) experts inside the MoE block, if any.
-        routing_params: extra constants of the routing function (scaling factor, groups, ...).
+        routing_params: constants read off the router (scaling factor, groups, ...), for reference.
         hidden_size: ``H``, the width of the residual stream (the router's linear is ``[E, H]``).
         routing_scope: path, inside a decoder layer, of the module whose forward decides the top-k (the
             router when it returns weights and indices, else the MoE block or the layer itself).
