@@ -1,10 +1,12 @@
 """Expert usage statistics: how often each routed expert is picked, per MoE layer."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
+
+from .errors import UserError
 
 
 @dataclass
@@ -50,16 +52,27 @@ class ExpertCounts:
                             self.prob_sums + other.prob_sums, self.n_tokens + other.n_tokens, self.top_k)
 
     def save(self, path: str | Path) -> None:
-        """Write to a ``.pt`` file (tensors + metadata)."""
-        torch.save({"counts": self.counts, "layers": self.layers, "weight_sums": self.weight_sums,
-                    "prob_sums": self.prob_sums, "n_tokens": self.n_tokens, "top_k": self.top_k}, str(path))
+        """Write to a safetensors file (e.g. ``counts.safetensors``; the extension is only a name): every
+        tensor field as a tensor, the other fields as JSON. Nothing in it can run code when loaded."""
+        from . import safe_state
+
+        safe_state.save(path, {f.name: getattr(self, f.name) for f in fields(self)}, _KIND)
 
     @classmethod
     def load(cls, path: str | Path) -> "ExpertCounts":
-        d = torch.load(str(path), weights_only=False)
-        if "counts" not in d or "layers" not in d:
-            raise ValueError(f"{path} is not an ExpertCounts file (written by `routerlens count`)")
-        return cls(**d)
+        """Read a file written by :meth:`save`. An old pickle counts file is refused (never unpickled)."""
+        from . import safe_state
+
+        d = safe_state.load(path, _KIND, "recount with `routerlens count`")
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d)) if isinstance(d, dict) else sorted(names)
+        if missing:
+            raise UserError(f"{path} lacks the field(s) {missing} (written by an older routerlens); "
+                            "recount with `routerlens count`")
+        return cls(**{k: d[k] for k in names})
+
+
+_KIND = "routerlens expert counts"
 
 
 class _Recorder:
