@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from routerlens_interp.toy import TOY_DATASETS, WEIGHTS_DIR, toy_dataset
-from routerlens_interp.toy.data import _BUILDERS, SIZES, get_world
+from routerlens_interp.toy.data import _BUILDERS, SIZES, TOY2_DATASETS, bag_solvable, get_world, make_bound_context
 from routerlens_interp.toy.world import ATTRIBUTES, VALUES, build_world
 
 SPLITS = ("train", "dev", "test")
@@ -23,7 +23,7 @@ def test_world_deterministic():
     assert all(set(p.facts) == set(ATTRIBUTES) for p in a.known)
 
 
-@pytest.mark.parametrize("name", TOY_DATASETS)
+@pytest.mark.parametrize("name", TOY_DATASETS + TOY2_DATASETS)
 def test_dataset_deterministic_and_sized(name):
     for split in SPLITS:
         d1 = toy_dataset(name, split)
@@ -34,7 +34,7 @@ def test_dataset_deterministic_and_sized(name):
         assert len({e.id for e in d1}) == len(d1)
 
 
-@pytest.mark.parametrize("name", TOY_DATASETS)
+@pytest.mark.parametrize("name", TOY_DATASETS + TOY2_DATASETS)
 def test_splits_share_no_question(name):
     qs = {s: {e.question for e in toy_dataset(name, s)} for s in SPLITS}
     assert not (qs["train"] & qs["dev"]) and not (qs["train"] & qs["test"]) and not (qs["dev"] & qs["test"])
@@ -50,6 +50,26 @@ def test_answers_occur_in_context():
             assert e.memory_answer in VALUES[e.meta["attr"]] and e.answer in VALUES[e.meta["attr"]]
         for e in toy_dataset("toy-memory", split):
             assert e.context == ""
+
+
+def test_world_v2_contexts_need_binding():
+    """Every v2 context holds 2-4 distinct values of the asked type (the gold among them, never the
+    memorised one): gathering 'the value of the asked type' cannot answer any of them."""
+    known = {p.name: p for p in get_world().known}
+    for name in ("toy2-open", "toy2-conflict"):
+        for e in toy_dataset(name, "test"):
+            words = e.context.replace(".", " ").replace(",", " ").split()
+            vals = [w for w in words if w in VALUES[e.meta["attr"]]]
+            assert 2 <= len(vals) == len(set(vals)) <= 4 and e.answer in vals, e.context
+            if e.memory_answer is not None:
+                assert e.memory_answer not in words and known[e.meta["person"]].facts[e.meta["attr"]] == e.memory_answer
+    rng, world = random.Random(1), get_world()
+    names = world.unseen["test"]
+    facts = {a: VALUES[a][0] for a in ATTRIBUTES} | {"city": "Paris"}
+    ctx, triples = make_bound_context(rng, world, names[0], "city", "Paris", facts, 3, 2,
+                                      names[1:])
+    assert sum(a == "city" for _, a, _ in triples) == 3 and len(triples) == 5 and not bag_solvable(triples, "city")
+    assert bag_solvable([("A", "city", "Rome"), ("A", "year", "1950")], "city")
 
 
 def test_memory_answers_are_the_memorised_facts():
@@ -71,15 +91,16 @@ def test_prompts_are_short_and_pretraining_has_no_conflicts():
     if not (WEIGHTS_DIR / "tokenizer.json").exists():
         pytest.skip("no shipped tokenizer")
     tok = PreTrainedTokenizerFast.from_pretrained(WEIGHTS_DIR)
-    for name in TOY_DATASETS:
+    for name in TOY_DATASETS + TOY2_DATASETS:
         assert max(len(tok.encode(plain_prompt(e.context, e.question))) for e in toy_dataset(name, "test")) <= 100
     world = get_world()
     facts = {(p.name, a): v for p in world.known for a, v in p.facts.items()}
     known = {p.name for p in world.known}
     vtype = {v: a for a in ATTRIBUTES for v in VALUES[a]}
-    s, rng = DocSampler(world, p_present=0.8, p_hard=0.5), random.Random(0)
     n_checked = 0
-    for _ in range(3000):  # every fact stated about a memorised person is its true value
+    for i in range(4000):  # every fact stated about a memorised person is its true value (v1 and v2 layouts)
+        if i % 2000 == 0:
+            s, rng = DocSampler(world, p_present=0.8, p_hard=0.5, layout=("v1", "v2")[i // 2000]), random.Random(0)
         kind, prompt, target = s.sample(rng)
         body = prompt.split("\n\nQuestion:\n")
         for sent in body[0].replace("Context:\n", "\n").split("\n")[-1].split(". "):
@@ -93,7 +114,7 @@ def test_prompts_are_short_and_pretraining_has_no_conflicts():
             q = body[1].split("\n")[0]
             name = next(w for w in q.replace("?", " ").split() if w in known)
             assert facts[(name, vtype[target.strip()])] == target.strip()
-    assert n_checked > 1000
+    assert n_checked > 1500
 
 
 def test_names_and_values_are_single_tokens():

@@ -17,13 +17,17 @@ Document kinds (``KINDS``):
 A curriculum (``mixture(progress)``): during the first ``reading_warmup`` fraction of training only
 ``read`` documents are drawn, with 1-2 facts at first (a pure copy task), growing to 2-4 facts;
 afterwards the full mixture is used.
+
+``layout="v2"`` (world v2, see :mod:`.data`): ``read`` and ``known`` contexts hold 2-4 facts of the
+asked type about different people plus 0-2 other facts (:func:`~.data.make_bound_context`), so the
+answer must be bound to the asked person; the curriculum's copy phase still starts with 1-2 facts.
 """
 from __future__ import annotations
 
 import random
 
 from routerlens_interp.templates import plain_prompt, plain_target
-from routerlens_interp.toy.data import make_context
+from routerlens_interp.toy.data import make_bound_context, make_context
 from routerlens_interp.toy.world import (ATTRIBUTES, EXTRA_ATTRIBUTES, VALUES, World, fact_sentence,
                                          question_text, random_facts)
 
@@ -44,9 +48,13 @@ class DocSampler:
     """Draws pretraining documents from a world. Deterministic given the ``rng`` passed in."""
 
     def __init__(self, world: World, mix: dict | None = None, p_present: float = 0.3,
-                 reading_warmup: float = 0.1, p_hard: float = 0.0, read_max_facts: int = 4):
+                 reading_warmup: float = 0.1, p_hard: float = 0.0, read_max_facts: int = 4, layout: str = "v1"):
         """``p_hard``: share of ``read`` contexts whose distractors are mostly same-type facts about
-        other people (trains binding a value to its name); ``read_max_facts``: most facts per context."""
+        other people (trains binding a value to its name); ``read_max_facts``: most facts per context;
+        ``layout``: "v1" (the shipped model's contexts) or "v2" (2-4 values of the asked type)."""
+        if layout not in ("v1", "v2"):
+            raise ValueError(f"layout {layout!r}: choose 'v1' or 'v2'")
+        self.layout = layout
         self.world, self.p_present, self.reading_warmup = world, p_present, reading_warmup
         self.p_hard, self.read_max_facts = p_hard, read_max_facts
         self.mix = dict(DEFAULT_MIX if mix is None else mix)
@@ -82,6 +90,11 @@ class DocSampler:
         name, a = rng.choice(self.unseen), rng.choice(ATTRIBUTES)
         facts = random_facts(rng)
         n = n_read_facts(rng, progress, self.reading_warmup, self.read_max_facts)
+        if self.layout == "v2":
+            n_same = n if progress < self.reading_warmup else rng.randint(2, 4)
+            ctx, _ = make_bound_context(rng, self.world, name, a, facts[a], facts, n_same,
+                                        rng.randint(0, 2) if n_same > 1 else 0, self.all_names)
+            return plain_prompt(ctx, question_text(rng, name, a)), plain_target(facts[a])
         kinds = (0.15, 0.9) if rng.random() < self.p_hard else (0.35, 0.75)
         ctx, _ = make_context(rng, self.world, name, a, facts[a], facts, n, self.all_names, kinds=kinds)
         return plain_prompt(ctx, question_text(rng, name, a)), plain_target(facts[a])
@@ -89,6 +102,11 @@ class DocSampler:
     def _known(self, rng, progress):
         p, a = rng.choice(self.known), rng.choice(ATTRIBUTES)
         present = rng.random() < self.p_present
+        if self.layout == "v2":
+            ctx, _ = make_bound_context(rng, self.world, p.name, a, p.facts[a], p.facts,
+                                        rng.randint(2, 4) if present else rng.randint(1, 3), rng.randint(0, 2),
+                                        self.all_names, include_target=present)
+            return plain_prompt(ctx, question_text(rng, p.name, a)), plain_target(p.facts[a])
         n = rng.randint(1, 4) if present else rng.randint(1, 3)
         ctx, _ = make_context(rng, self.world, p.name, a, p.facts[a], p.facts, n, self.all_names,
                               include_target=present)

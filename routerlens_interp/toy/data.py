@@ -10,6 +10,12 @@ group (see ``world.py``).
   same type (never the memorised one) among 1-3 true distractor facts; gold = the context's value,
   ``memory_answer`` = the memorised value (which does not occur in the context).
 * ``toy-memory``: closed book (``context == ""``) about a memorised person; gold = memorised value.
+
+World v2 (``toy2-open``, ``toy2-conflict``, ``toy2-memory``; same people and facts, other contexts):
+every context holds 2-4 values of the asked type, each about a different person, plus 0-2 other
+facts (:func:`make_bound_context`). A model can no longer answer by gathering "the value of the asked
+type" from the context (the bag strategy that works on about half of the v1 contexts, see
+:func:`bag_solvable`): it has to bind the value to the asked person.
 """
 from __future__ import annotations
 
@@ -22,11 +28,13 @@ from routerlens_interp.toy.world import (ATTRIBUTES, World, build_world, fact_se
                                          question_text, random_facts)
 
 TOY_DATASETS = ("toy-open", "toy-conflict", "toy-memory")
+TOY2_DATASETS = ("toy2-open", "toy2-conflict", "toy2-memory")
 SIZES = {
     "toy-open": {"train": 1500, "dev": 200, "test": 350},
     "toy-conflict": {"train": 1200, "dev": 200, "test": 350},
     "toy-memory": {"train": 1200, "dev": 200, "test": 350},
 }
+SIZES.update({"toy2" + k[3:]: dict(v) for k, v in SIZES.items()})
 WORLD_SEED = 0
 
 
@@ -82,6 +90,53 @@ def make_context(rng: random.Random, world: World, name: str, attr: str, value: 
     return " ".join(fact_sentence(rng, n, a, v) for n, a, v in triples), triples
 
 
+def make_bound_context(rng: random.Random, world: World, name: str, attr: str, value: str, facts: dict,
+                       n_same: int, n_other: int, others: list[str], include_target: bool = True,
+                       avoid: tuple = ()) -> tuple[str, list[tuple[str, str, str]]]:
+    """A world-v2 context: ``n_same`` facts of type ``attr`` about distinct people, plus ``n_other`` others.
+
+    With ``include_target`` the asked fact ``(name, attr, value)`` is one of the ``n_same``; the rest
+    are ``attr`` facts about people from ``others`` (memorised people keep their true values, unseen
+    ones get fresh values), all values distinct and none equal to ``value`` or in ``avoid``. The
+    ``n_other`` facts are other attributes of ``name`` (from ``facts``) or any other attribute of other
+    people. No (person, attribute) pair occurs twice. Returns (text, [(name, attr, value), ...]).
+    """
+    triples = [(name, attr, value)] if include_target else []
+    used, cache = {(name, attr)}, {name: facts}
+    vals = {value, *avoid}
+    n_same_others = n_same - len(triples)
+    tries = 0
+    while n_same_others > 0 and tries < 100:
+        tries += 1
+        n = rng.choice(others)
+        if n == name or (n, attr) in used:
+            continue
+        v = facts_of(world, n, rng, cache)[attr]
+        if v in vals:
+            continue
+        used.add((n, attr))
+        vals.add(v)
+        triples.append((n, attr, v))
+        n_same_others -= 1
+    n_other_left, tries = n_other, 0
+    while n_other_left > 0 and tries < 100:
+        tries += 1
+        n = name if rng.random() < 0.5 else rng.choice(others)
+        a = rng.choice([x for x in ATTRIBUTES if x != attr])
+        if (n, a) in used:
+            continue
+        used.add((n, a))
+        triples.append((n, a, facts_of(world, n, rng, cache)[a]))
+        n_other_left -= 1
+    rng.shuffle(triples)
+    return " ".join(fact_sentence(rng, n, a, v) for n, a, v in triples), triples
+
+
+def bag_solvable(triples: list[tuple[str, str, str]], attr: str) -> bool:
+    """True when the context holds exactly one value of type ``attr`` (the bag strategy answers it)."""
+    return len({v for _, a, v in triples if a == attr}) == 1
+
+
 def _open(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
     names = world.unseen[split]
     others = names + [p.name for p in world.known_by_group[split]]
@@ -121,7 +176,42 @@ def _memory(world: World, split: str, size: int, rng: random.Random) -> list[QAE
             for i, (p, attr) in enumerate(_pairs(world, split, size, rng))]
 
 
-_BUILDERS = {"toy-open": _open, "toy-conflict": _conflict, "toy-memory": _memory}
+def _open2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    names = world.unseen[split]
+    others = names + [p.name for p in world.known_by_group[split]]
+    out = []
+    for i in range(size):
+        name, attr = rng.choice(names), rng.choice(ATTRIBUTES)
+        facts = random_facts(rng)
+        ctx, triples = make_bound_context(rng, world, name, attr, facts[attr], facts, rng.randint(2, 4),
+                                          rng.randint(0, 2), others)
+        out.append(QAExample(ctx, question_text(rng, name, attr), [facts[attr]], None, f"toy2-open-{split}-{i}",
+                             {"attr": attr, "person": name, "known": False, "n_facts": len(triples)}))
+    return out
+
+
+def _conflict2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    others = world.unseen[split] + [p.name for p in world.known_by_group[split]]
+    out = []
+    for i, (p, attr) in enumerate(_pairs(world, split, size, rng)):
+        true = p.facts[attr]
+        sub = other_value(rng, attr, {true})
+        ctx, triples = make_bound_context(rng, world, p.name, attr, sub, p.facts, rng.randint(2, 4),
+                                          rng.randint(0, 2), others, avoid=(true,))
+        out.append(QAExample(ctx, question_text(rng, p.name, attr), [sub], true, f"toy2-conflict-{split}-{i}",
+                             {"attr": attr, "person": p.name, "known": True, "n_facts": len(triples)}))
+    return out
+
+
+def _memory2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+    out = _memory(world, split, size, rng)
+    for e in out:
+        e.id = e.id.replace("toy-memory", "toy2-memory")
+    return out
+
+
+_BUILDERS = {"toy-open": _open, "toy-conflict": _conflict, "toy-memory": _memory,
+             "toy2-open": _open2, "toy2-conflict": _conflict2, "toy2-memory": _memory2}
 
 
 @functools.lru_cache(maxsize=32)
@@ -136,7 +226,7 @@ def toy_dataset(name: str, split: str = "test", seed: int = WORLD_SEED) -> list[
     Deterministic for a given ``seed``; returns fresh copies (callers may mutate them).
     """
     if name not in _BUILDERS:
-        raise ValueError(f"unknown toy data set {name!r}; choose from {TOY_DATASETS}")
+        raise ValueError(f"unknown toy data set {name!r}; choose from {TOY_DATASETS + TOY2_DATASETS}")
     if split not in SIZES[name]:
         raise ValueError(f"unknown split {split!r}; choose from train, dev, test")
     return copy.deepcopy(list(_cached(name, split, seed)))
