@@ -19,7 +19,7 @@ __all__ = ["load_dataset", "read_records", "records_to_examples", "HubSpec", "HU
 
 log = logging.getLogger(__name__)
 
-TOY_NAMES = ("toy-open", "toy-conflict", "toy-memory")
+TOY_NAMES = ("toy-open", "toy-conflict", "toy-memory", "toy2-open", "toy2-conflict", "toy2-memory")
 
 #: ConFiQA (Bi et al., "Context-DPO", 2024) is published as JSON files (ConFiQA-QA/-MR/-MC.json) in the
 #: authors' GitHub repository, not as a hub data set; it is read through ``datasets``' "json" builder.
