@@ -17,9 +17,10 @@ class ExpertCounts:
         counts: ``[n_moe_layers, n_experts]`` int64, number of tokens whose top-k contains the expert.
         layers: decoder-layer index of each row (ordered as ``spec.moe_layers``).
         weight_sums: ``[n_moe_layers, n_experts]`` float64, sum of the top-k routing weights the
-            expert received (0 where not selected).
+            expert received (the weights that reached the experts, as the hook layer's route read
+            gives them; 0 where not selected): ESFT's gate score numerator.
         prob_sums: ``[n_moe_layers, n_experts]`` float64, sum over tokens of the router's full
-            softmax probability for the expert (ESFT's "average gate score" numerator).
+            softmax probability for the expert (the ``"softmax_mass"`` selection score).
         n_tokens: number of tokens counted (per layer).
         top_k: experts per token.
     """

@@ -2,8 +2,8 @@
 
 An :class:`ExpertSet` maps a decoder-layer index to the sorted ids of the experts chosen in that
 layer. :func:`select_experts` turns :class:`~routerlens_interp.counting.ExpertCounts` into one
-(the paper's top-N by count, the tuned/base ratio, and ESFT's two scores with an optional cumulative
-threshold); :func:`random_experts` and :func:`grown_experts` build the controls a masking experiment
+(the paper's top-N by count, the tuned/base ratio, ESFT's two scores with their cumulative
+threshold, and the full-softmax mass); :func:`random_experts` and :func:`grown_experts` build the controls a masking experiment
 compares against.
 """
 from __future__ import annotations
@@ -17,9 +17,12 @@ import torch
 
 from .counting import ExpertCounts
 
-__all__ = ["ExpertSet", "select_experts", "random_experts", "grown_experts", "METHODS"]
+__all__ = ["ExpertSet", "select_experts", "expert_scores", "random_experts", "grown_experts", "METHODS"]
 
-METHODS = ("count", "ratio", "gate", "token")
+METHODS = ("count", "ratio", "gate", "token", "softmax_mass")
+# ESFT's scores are shares of the layer's routing: top_p accumulates them as they are (DeepSeek ESFT,
+# scripts/get_expert_scores.py + generate_expert_config.py). The others are normalised first.
+_RAW_TOP_P = ("gate", "token")
 
 
 class ExpertSet:
@@ -189,8 +192,8 @@ def _check_n(n, n_experts: int) -> int:
     return n
 
 
-def _scores(counts: ExpertCounts, method: str, baseline: ExpertCounts | None) -> torch.Tensor:
-    """``[n_moe_layers, n_experts]`` float64 score for ``method``."""
+def expert_scores(counts: ExpertCounts, method: str = "count", baseline: ExpertCounts | None = None) -> torch.Tensor:
+    """``[n_moe_layers, n_experts]`` float64 score of every expert under ``method`` (see :func:`select_experts`)."""
     if counts.n_tokens <= 0:
         raise ValueError("these ExpertCounts were gathered over 0 tokens; nothing to select from")
     c = counts.counts.double()
@@ -204,7 +207,9 @@ def _scores(counts: ExpertCounts, method: str, baseline: ExpertCounts | None) ->
             raise ValueError(f"baseline does not match: layers {list(baseline.layers)} × {baseline.n_experts} experts "
                              f"vs {list(counts.layers)} × {counts.n_experts}")
         return (c + 1.0) / (baseline.counts.double() + 1.0)
-    if method == "gate":
+    if method == "gate":  # ESFT: the top-k weights that reached the expert, per token
+        return counts.weight_sums.double() / counts.n_tokens
+    if method == "softmax_mass":
         return counts.prob_sums.double() / counts.n_tokens
     if method == "token":
         return c / (counts.n_tokens * counts.top_k)
@@ -217,16 +222,18 @@ def _ranked(row: torch.Tensor) -> list[int]:
     return sorted(range(len(vals)), key=lambda e: (-vals[e], e))
 
 
-def _top_p(row: torch.Tensor, top_p: float) -> list[int]:
-    """Smallest prefix of the ranking whose cumulative normalised score reaches ``top_p``."""
+def _top_p(row: torch.Tensor, top_p: float, normalise: bool = True) -> list[int]:
+    """Smallest prefix of the ranking whose cumulative score reaches ``top_p`` (every expert when it never
+    does); scores are first divided by their sum when ``normalise``."""
     total = float(row.sum())
     order = _ranked(row)
     if total <= 0:
         raise ValueError("cannot apply top_p to a layer whose scores sum to 0")
+    scale = total if normalise else 1.0
     chosen, cum = [], 0.0
     for e in order:
         chosen.append(e)
-        cum += float(row[e]) / total
+        cum += float(row[e]) / scale
         if cum >= top_p - 1e-12:
             break
     return chosen
@@ -242,12 +249,18 @@ def select_experts(counts: ExpertCounts, n: int = 8, baseline: ExpertCounts | No
       token's top-k).
     - ``"ratio"``: ``(counts + 1) / (baseline.counts + 1)`` — experts the tuning moved towards;
       ``baseline`` (same layers and experts) is required.
-    - ``"gate"``: ESFT's average gate score, ``prob_sums / n_tokens``.
+    - ``"gate"``: ESFT's average gate score, ``weight_sums / n_tokens``: the top-k routing weights
+      the expert received (the weights that reached the experts), summed over tokens, per token.
     - ``"token"``: ESFT's token-selection ratio, ``counts / (n_tokens * top_k)``.
+    - ``"softmax_mass"``: the router's full softmax probability of the expert, averaged over tokens
+      (``prob_sums / n_tokens``; what ``"gate"`` meant before it followed ESFT).
 
     Without ``top_p``, the ``n`` best experts of each layer are taken (ties go to the lower id).
-    With ``top_p`` in ``(0, 1]``, each layer keeps the smallest set of best experts whose scores,
-    normalised to sum to 1 within the layer, add up to at least ``top_p`` (``n`` is then ignored).
+    With ``top_p`` in ``(0, 1]``, each layer keeps the smallest set of best experts whose scores add
+    up to at least ``top_p`` (``n`` is then ignored). ``"gate"`` and ``"token"`` accumulate their raw
+    scores as ESFT does (gate scores of a model without top-k renormalisation sum to less than 1 per
+    layer, so more experts are kept; a layer that never reaches ``top_p`` keeps all); the other
+    scores are first normalised to sum to 1 within the layer.
 
     Returns:
         ExpertSet ``{decoder layer: sorted expert ids}`` over ``counts.layers``, with ``meta``
@@ -255,13 +268,13 @@ def select_experts(counts: ExpertCounts, n: int = 8, baseline: ExpertCounts | No
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {list(METHODS)}")
-    scores = _scores(counts, method, baseline)
+    scores = expert_scores(counts, method, baseline)
     table: dict[int, list[int]] = {}
     if top_p is not None:
         if not 0.0 < float(top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1]; got {top_p}")
         for i, layer in enumerate(counts.layers):
-            table[int(layer)] = _top_p(scores[i], float(top_p))
+            table[int(layer)] = _top_p(scores[i], float(top_p), normalise=method not in _RAW_TOP_P)
         meta = {"method": method, "top_p": float(top_p)}
     else:
         n = _check_n(n, counts.n_experts)

@@ -5,19 +5,21 @@ import pytest
 import torch
 
 from routerlens_interp.counting import ExpertCounts
-from routerlens_interp.selection import ExpertSet, grown_experts, random_experts, select_experts
+from routerlens_interp.selection import (ExpertSet, expert_scores, grown_experts, random_experts,
+                                         select_experts)
 
 
-def make_counts(counts, prob_sums=None, layers=(1, 3), n_tokens=10, top_k=2):
+def make_counts(counts, prob_sums=None, layers=(1, 3), n_tokens=10, top_k=2, weight_sums=None):
     c = torch.tensor(counts, dtype=torch.int64)
     p = torch.tensor(prob_sums, dtype=torch.float64) if prob_sums is not None else c.double() / top_k
-    return ExpertCounts(counts=c, layers=list(layers), weight_sums=c.double() * 0.5, prob_sums=p,
-                        n_tokens=n_tokens, top_k=top_k)
+    w = torch.tensor(weight_sums, dtype=torch.float64) if weight_sums is not None else c.double() * 0.5
+    return ExpertCounts(counts=c, layers=list(layers), weight_sums=w, prob_sums=p, n_tokens=n_tokens, top_k=top_k)
 
 
 # 2 MoE layers (decoder layers 1 and 3), 4 experts, top-2, 10 tokens: each counts row sums to 20,
-# each prob_sums row to 10.
-TUNED = make_counts([[5, 9, 2, 4], [3, 3, 7, 7]], [[2.0, 4.5, 1.0, 2.5], [1.0, 3.0, 2.0, 4.0]])
+# each prob_sums row to 10; the top-k weights (no renormalisation) sum to 7 per layer.
+TUNED = make_counts([[5, 9, 2, 4], [3, 3, 7, 7]], [[2.0, 4.5, 1.0, 2.5], [1.0, 3.0, 2.0, 4.0]],
+                    weight_sums=[[3.0, 2.0, 1.5, 0.5], [0.5, 2.5, 1.0, 3.0]])
 BASE = make_counts([[9, 3, 4, 4], [7, 7, 3, 3]], [[4.0, 1.5, 2.0, 2.5], [3.5, 3.5, 1.5, 1.5]])
 
 
@@ -38,9 +40,17 @@ def test_ratio_by_hand():
 
 
 def test_gate_by_hand():
-    # average gate score = prob_sums / 10: layer 1 (.2, .45, .1, .25), layer 3 (.1, .3, .2, .4)
-    assert select_experts(TUNED, n=2, method="gate") == {1: [1, 3], 3: [1, 3]}
-    assert select_experts(TUNED, n=1, method="gate") == {1: [1], 3: [3]}
+    # ESFT's gate score = top-k weight sums / 10: layer 1 (.3, .2, .15, .05), layer 3 (.05, .25, .1, .3)
+    assert select_experts(TUNED, n=2, method="gate") == {1: [0, 1], 3: [1, 3]}
+    assert select_experts(TUNED, n=1, method="gate") == {1: [0], 3: [3]}
+    assert torch.allclose(expert_scores(TUNED, "gate"),
+                          torch.tensor([[.3, .2, .15, .05], [.05, .25, .1, .3]], dtype=torch.float64))
+
+
+def test_softmax_mass_by_hand():
+    # full-softmax mass = prob_sums / 10: layer 1 (.2, .45, .1, .25), layer 3 (.1, .3, .2, .4)
+    assert select_experts(TUNED, n=2, method="softmax_mass") == {1: [1, 3], 3: [1, 3]}
+    assert select_experts(TUNED, n=1, method="softmax_mass") == {1: [1], 3: [3]}
 
 
 def test_token_by_hand():
@@ -56,13 +66,23 @@ def test_meta_and_layers():
 
 
 # --- top_p ------------------------------------------------------------------------------------
-def test_top_p_gate():
+def test_top_p_gate_accumulates_raw_scores():
+    # ESFT adds raw gate scores (they sum to .7 per layer here), no rescaling to 1:
+    # layer 1 (.3, .2, .15, .05): .3 -> .5 -> .65 (>= .6) ; layer 3 (.05, .25, .1, .3): .3 -> .55 -> .65
+    assert select_experts(TUNED, method="gate", top_p=0.6) == {1: [0, 1, 2], 3: [1, 2, 3]}
+    # exactly reaching the threshold stops: layer 1 .3 + .2 = .5 ; layer 3 .3 + .25 = .55
+    assert select_experts(TUNED, method="gate", top_p=0.5) == {1: [0, 1], 3: [1, 3]}
+    # never reaching it (.7 < .75) keeps every expert, as ESFT's loop does
+    assert select_experts(TUNED, method="gate", top_p=0.75) == {1: [0, 1, 2, 3], 3: [0, 1, 2, 3]}
+
+
+def test_top_p_softmax_mass_normalised():
     # layer 1 normalised (.2, .45, .1, .25): .45 -> .70 (>= .6) ; layer 3 (.1, .3, .2, .4): .4 -> .7
-    assert select_experts(TUNED, method="gate", top_p=0.6) == {1: [1, 3], 3: [1, 3]}
+    assert select_experts(TUNED, method="softmax_mass", top_p=0.6) == {1: [1, 3], 3: [1, 3]}
     # exactly reaching the threshold stops: layer 1 .45 >= .45 ; layer 3 .4 < .45 -> .7
-    assert select_experts(TUNED, method="gate", top_p=0.45) == {1: [1], 3: [1, 3]}
+    assert select_experts(TUNED, method="softmax_mass", top_p=0.45) == {1: [1], 3: [1, 3]}
     # .45 + .25 = .70 < .75 -> add .2 -> .9 ; layer 3 .4 + .3 = .7 < .75 -> + .2 = .9
-    assert select_experts(TUNED, method="gate", top_p=0.75) == {1: [0, 1, 3], 3: [1, 2, 3]}
+    assert select_experts(TUNED, method="softmax_mass", top_p=0.75) == {1: [0, 1, 3], 3: [1, 2, 3]}
 
 
 def test_top_p_count_and_zero_experts():
@@ -178,3 +198,62 @@ def test_grown_experts_by_hand():
     assert grown_experts(TUNED, BASE, n=1) == {1: [1], 3: [2]}
     with pytest.raises(ValueError):
         grown_experts(TUNED, make_counts([[1, 2, 3, 4]], layers=[1]), n=1)
+
+
+# --- ESFT's scores from a tiny model's logged top-k weights -----------------------------------
+def _esft_scores(lines_per_layer: dict, top_k: int, n_experts: int) -> dict:
+    """ESFT's get_expert_scores.py, re-written: per logged token line (expert ids, weights) add each
+    weight to the expert's gate score and 1/top_k to its token score; divide both by the token total."""
+    gate, token = {}, {}
+    for layer, lines in lines_per_layer.items():
+        g, t = [0.0] * n_experts, [0.0] * n_experts
+        for ids, ws in lines:
+            for e, w in zip(ids, ws):
+                g[e] += w
+                t[e] += 1.0 / top_k
+        total = sum(t)
+        gate[layer], token[layer] = [x / total for x in g], [x / total for x in t]
+    return {"gate": gate, "token": token}
+
+
+def _esft_top_p(scores: list[float], top_p: float) -> list[int]:
+    """ESFT's generate_expert_config.py loop: add raw scores, best first, until they reach top_p."""
+    chosen, cur = [], 0.0
+    for e, s in sorted(enumerate(scores), key=lambda x: x[1], reverse=True):
+        if cur >= top_p:
+            break
+        chosen.append(e)
+        cur += s
+    return sorted(chosen)
+
+
+def test_gate_and_token_scores_equal_esft_on_logged_topk_weights(load_tiny):
+    import routerlens_interp as rl
+
+    lm = load_tiny("olmoe")  # no top-k renormalisation: the logged weights sum to < 1 per token
+    texts = ["Alice Smith was born in 1950 in Paris.", "Where was Bob Jones born? He lives in Rome and paints.",
+             "Context: a baker", "Question: When was Bob Jones born? Answer: 1972"]
+    lines = {l: [] for l in lm.spec.moe_layers}
+    handles = []
+    for l in lm.spec.moe_layers:  # the router's own outputs (logits, top-k weights, top-k ids), one token a line
+        def hook(mod, args, out, l=l):
+            lines[l] += [(i.tolist(), w.tolist()) for i, w in zip(out[2], out[1].double())]
+        handles.append(lm.hf.model.layers[l].mlp.gate.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            for t in texts:  # one at a time: no padding tokens logged
+                lm.hf(torch.tensor([lm.tokenizer(t)["input_ids"]]))
+    finally:
+        for h in handles:
+            h.remove()
+    ref = _esft_scores(lines, lm.spec.top_k, lm.spec.n_experts)
+    counts = rl.count_experts(lm, texts, batch_size=3)  # padded batches
+    for method in ("gate", "token"):
+        want = torch.tensor([ref[method][l] for l in lm.spec.moe_layers], dtype=torch.float64)
+        assert torch.allclose(expert_scores(counts, method), want, atol=1e-6), method
+    gate_total = sum(ref["gate"][lm.spec.moe_layers[0]])
+    assert gate_total < 0.95  # raw gate scores do not sum to 1: accumulating them differs from rescaling
+    for p in (0.3, 0.6, 0.9):
+        s = select_experts(counts, method="gate", top_p=p)
+        assert s == {l: _esft_top_p(ref["gate"][l], p) for l in lm.spec.moe_layers}, p
+    assert select_experts(counts, method="softmax_mass", n=2).meta["method"] == "softmax_mass"
