@@ -3,7 +3,10 @@
 Answer-only next-token cross-entropy (prompt tokens masked, EOS included), no load-balancing loss
 (``output_router_logits=False``), AdamW over the method's trainable tensors only, cosine schedule with
 linear warm-up, dev loss at fixed fractions of training with the best tensors kept, gradient
-accumulation, resumable checkpoints. Runs unchanged under several processes: DDP through ``accelerate``
+accumulation, resumable checkpoints. Checkpoints are safetensors + JSON (nothing in them is unpickled)
+written atomically; SIGINT / SIGTERM end the unit in progress (an optimizer step with its dev-eval
+point, a checkpoint write), write a checkpoint and raise :class:`~routerlens_interp.errors.TrainingInterrupted`,
+so that ``resume=True`` continues bit-identically. Runs unchanged under several processes: DDP through ``accelerate``
 (a model copy per process), or FSDP (``fsdp=True`` or ``accelerate launch --use_fsdp``: parameters,
 gradients and AdamW state sharded over the processes, see :mod:`.fsdp`). Start it with
 ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs, or
@@ -16,7 +19,9 @@ import inspect
 import math
 import os
 import random
+import signal
 import statistics
+import threading
 import time
 import warnings
 from contextlib import ExitStack, nullcontext
@@ -27,15 +32,65 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize
 
+from .. import safe_state
+from ..errors import TrainingInterrupted, UserError
 from .config import TrainConfig
 from .data import (Item, answer_loss, answer_positions, collate, data_hash, global_batch, n_answer_tokens, shard,
                    steps_per_epoch)
 from .fsdp import full, full_optimizer_state, load_optimizer_state, local, sharded
 from .params import Trainable
 
-__all__ = ["TrainResult", "make_accelerator", "train", "dev_loss"]
+__all__ = ["TrainResult", "make_accelerator", "train", "dev_loss", "CheckpointWriteError"]
 
 CKPT = "checkpoint"
+STATE, OLD_STATE = "state.safetensors", "state.pt"  # OLD_STATE: the pickle format, refused
+CKPT_KIND = "routerlens training checkpoint"
+_RESTART = "start over without --resume (resume=False) or use a new out_dir"
+
+
+class CheckpointWriteError(UserError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous checkpoint is intact.
+
+    Attributes: ``step`` (the step whose checkpoint failed), ``saved_step`` (the step of the checkpoint
+    kept, ``None`` when there is none), ``path``, ``error`` (the ``OSError``); :func:`train` adds
+    ``tensors`` (the best tensors so far, or ``None``), ``best_step`` and ``history`` so that the caller
+    can still save an adapter."""
+
+    def __init__(self, step: int, saved_step: int | None, path: Path, error: OSError):
+        self.step, self.saved_step, self.path, self.error = step, saved_step, path, error
+        self.tensors, self.best_step, self.history = None, None, []
+        kept = (f"the checkpoint of step {saved_step} is kept" if saved_step is not None
+                else "no earlier checkpoint exists")
+        super().__init__(f"could not write the checkpoint of step {step} to {path} ({error}); {kept}")
+
+
+class _Signals:
+    """SIGINT and SIGTERM handlers for the duration of training; the previous handlers are put back on exit.
+
+    The first signal is only recorded in ``signum``: the loop finishes the unit it is in and stops at the
+    next boundary (a Ctrl-C during the dev loss must not drop that eval point). A second signal stops at
+    once (``KeyboardInterrupt``); the run then keeps the last consistent checkpoint. Installed only in the
+    main thread (Python allows handlers nowhere else)."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second signal {signum}: stopping at once")
+        self.signum = signum
+
+    def __enter__(self) -> "_Signals":
+        if self.enabled:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
 
 
 @dataclass
@@ -158,6 +213,19 @@ def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8, lockstep: boo
     return float(total[0] / total[1]) if total[1] > 0 else float("nan")
 
 
+_CKPT_KEYS = {"version", "step", "total", "config_hash", "data_hash", "keys", "trainable", "optimizer", "scheduler",
+              "rng", "best", "history", "tokens", "seconds"}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The state written by :meth:`_Run.save_checkpoint` (safetensors + JSON; UserError if damaged)."""
+    st = safe_state.load(path, CKPT_KIND, _RESTART)
+    missing = sorted(_CKPT_KEYS - set(st)) if isinstance(st, dict) else sorted(_CKPT_KEYS)
+    if missing:
+        raise UserError(f"{path} lacks {missing}: not a complete training checkpoint; {_RESTART}")
+    return st
+
+
 def _state_bytes(opt) -> int:
     """Bytes of optimizer state held by this process (its shards under FSDP)."""
     return sum(local(t).numel() * t.element_size() for s in opt.state.values() for t in s.values()
@@ -173,9 +241,12 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
         train_items / dev_items: encoded examples (:func:`routerlens_interp.train.data.prepare`).
         config: :class:`TrainConfig`; ``batch_size`` is global (all processes and micro-batches).
         acc: the ``Accelerator`` from :func:`make_accelerator` (made here when ``None``).
-        out_dir: checkpoints go to ``out_dir/checkpoint/state.pt`` every ``checkpoint_every`` steps, at
-            the end, and (single process) when the run is interrupted between steps.
+        out_dir: checkpoints go to ``out_dir/checkpoint/state.safetensors`` every ``checkpoint_every``
+            steps, at the end, on SIGINT / SIGTERM (then :class:`TrainingInterrupted` is raised), and
+            (single process) when an exception stops the run. A failed write (full disk) raises
+            :class:`CheckpointWriteError` and keeps the previous checkpoint.
         resume: continue from that checkpoint; it must come from the same config, data and tensors.
+            A checkpoint in the old pickle format (``state.pt``) is refused, never unpickled.
         callback: called as ``callback(info)`` after every finished step with ``info = {"step", "loss",
             "lr", "dev_loss"}``; an exception it raises stops training (a checkpoint is written first).
         hash_extra: method, experts, ... folded into the config hash that guards resuming.
@@ -198,10 +269,12 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
 
     step, history, tokens, seconds = 0, [], 0, 0.0
     best = {"loss": float("inf"), "step": None, "tensors": None}
-    state_file = ckpt_dir / "state.pt" if ckpt_dir else None
+    state_file = ckpt_dir / STATE if ckpt_dir else None
     st = None
+    if resume and state_file is not None and not state_file.exists() and (ckpt_dir / OLD_STATE).exists():
+        raise UserError(f"{ckpt_dir / OLD_STATE} {safe_state.OLD_PICKLE}; {_RESTART}")
     if resume and state_file is not None and state_file.exists():
-        st = torch.load(state_file, map_location="cpu", weights_only=False)  # our own file
+        st = _read_checkpoint(state_file)
         for what, mine, theirs in (("training config", chash, st["config_hash"]),
                                    ("training data", dhash, st["data_hash"]), ("trainable tensors", keys, st["keys"])):
             if mine != theirs:
@@ -249,8 +322,14 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
             run = _Run(lm, model, acc, cfg, fsdp, keys, params, opt, sched, sync, train_items, dev_items, total,
                        evals, ckpt_dir, {"config_hash": chash, "data_hash": dhash}, callback,
                        step=step, history=history, tokens=tokens, seconds=seconds, best=best)
-            run.loop(progress and main, desc)
+            with _Signals(enabled=ckpt_dir is not None) as run.signals:
+                run.loop(progress and main, desc)
         # (left normally: FSDP has gathered the trained values into the original tensors, on every process)
+    except CheckpointWriteError as e:  # hand the caller what it needs to save an adapter anyway
+        e.tensors, e.best_step, e.history = run.best["tensors"], run.best["step"], list(run.history)
+        if e.tensors is None and not fsdp:  # no dev set: the current tensors (FSDP did not gather them)
+            e.tensors, e.best_step = {k: p.detach().cpu().clone() for k, p in zip(keys, originals)}, run.step
+        raise
     finally:
         hf.train(was_training)
         for p in originals:
@@ -290,15 +369,29 @@ class _Run:
         del self.__dict__["self"]
         self.step_times, self.last_loss, self.opt_bytes = [], float("nan"), 0
         self.metrics = {"initial_dev_loss": None}
+        self.signals = _Signals(enabled=False)
+        # "between" units, in the "forward" part of a step (nothing changed yet but the random streams,
+        # so a checkpoint rolls back to unit_rng), or in the "update" (update, dev eval, checkpoint: a
+        # checkpoint now would be inconsistent). A first signal always waits for "between".
+        self.phase, self.unit_rng, self.saved_at = "between", None, self.step
 
     def dev(self) -> float:
         return dev_loss(self.lm, self.dev_items, self.acc, self.cfg.eval_batch_size, lockstep=self.fsdp)
+
+    def stop_signal(self) -> int | None:
+        """The signal that asks training to stop (agreed by all processes: they must stop at the same step)."""
+        sig = self.signals.signum or 0
+        if self.acc.num_processes > 1:
+            t = torch.tensor([sig], dtype=torch.long, device=self.acc.device)
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+            sig = int(t)
+        return sig or None
 
     def save_checkpoint(self) -> None:
         if self.ckpt_dir is None:
             return
         acc, world = self.acc, self.acc.num_processes
-        rng = _rng_state()
+        rng = self.unit_rng if self.phase == "forward" else _rng_state()
         if world > 1:  # every process's random streams, so a resumed run continues each exactly
             rngs = [None] * world
             torch.distributed.all_gather_object(rngs, rng)
@@ -313,11 +406,14 @@ class _Run:
                   "trainable": trainable, "optimizer": optimizer, "scheduler": self.sched.state_dict(),
                   "rng": rngs, "best": self.best, "history": self.history, "tokens": self.tokens,
                   "seconds": self.seconds}
-            state_file = self.ckpt_dir / "state.pt"
-            tmp = state_file.with_suffix(".tmp")
-            torch.save(st, tmp)
-            os.replace(tmp, state_file)  # atomic: a kill mid-write leaves the previous checkpoint intact
+            state_file = self.ckpt_dir / STATE
+            try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint intact
+                safe_state.save(state_file, st, CKPT_KIND)
+            except OSError as e:
+                had = self.saved_at if state_file.exists() else None
+                raise CheckpointWriteError(self.step, had, state_file, e) from e
         acc.wait_for_everyone()
+        self.saved_at = self.step
 
     def loop(self, progress: bool, desc: str) -> None:
         lm, model, acc, cfg, opt, params = self.lm, self.model, self.acc, self.cfg, self.opt, self.params
@@ -327,14 +423,17 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(lm.device)
         if self.dev_items and self.step == 0:
             self.metrics["initial_dev_loss"] = self.dev()
+        if self.stop_signal():  # nothing trained yet: there is nothing to save
+            raise TrainingInterrupted(self.step, self.ckpt_dir.parent, self.signals.signum)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total, initial=self.step, desc=desc, unit="step", dynamic_ncols=True)
-        saved_at, in_update = self.step, False
+        self.saved_at = self.step
         try:
             while self.step < self.total:
+                self.phase, self.unit_rng = "forward", _rng_state()
                 t0 = time.perf_counter()
                 batch = global_batch(n, cfg.batch_size, self.step, cfg.seed)
                 n_tok = n_answer_tokens([items[i] for i in batch])  # same on every process
@@ -358,7 +457,7 @@ class _Run:
                 if world > 1:
                     loss_sum = acc.reduce(loss_sum, reduction="sum")
                     step_tokens = acc.reduce(step_tokens, reduction="sum")
-                in_update = True  # an interrupt inside the update would leave tensors half-written: no save
+                self.phase = "update"  # from here to the end of the unit a checkpoint would be inconsistent
                 if cfg.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
@@ -366,7 +465,6 @@ class _Run:
                 self.sched.step()
                 opt.zero_grad(set_to_none=True)
                 self.step += 1
-                in_update = False
                 if not self.opt_bytes:
                     self.opt_bytes = _state_bytes(opt)
                 self.last_loss = float(loss_sum) / n_tok
@@ -390,16 +488,22 @@ class _Run:
                     bar.update(1)
                 if self.step == self.total or (cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0):
                     self.save_checkpoint()
-                    saved_at = self.step
+                self.phase = "between"
                 if self.callback is not None:
                     self.callback({"step": self.step, "loss": self.last_loss, "lr": self.sched.get_last_lr()[0],
                                    "dev_loss": dl})
-            if saved_at != self.step:
+                if self.stop_signal():
+                    break
+            if self.saved_at != self.step:
                 self.save_checkpoint()
+            if self.stop_signal():
+                raise TrainingInterrupted(self.step, self.ckpt_dir.parent, self.signals.signum)
+        except (TrainingInterrupted, CheckpointWriteError):
+            raise
         except BaseException:
             # Single process: keep every finished step. (With several processes an exception on one would
             # leave the others waiting in a collective, so they rely on the periodic checkpoints.)
-            if world == 1 and not in_update and self.step > saved_at:
+            if world == 1 and self.phase != "update" and self.step > self.saved_at:
                 self.save_checkpoint()
             raise
         finally:
