@@ -42,7 +42,9 @@ def run_demo(out: Path, seed: int = 826, fast: bool = False, png: bool = True, m
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lm = rl.load(model)
-    ld = lambda name, split, n: rl.load_dataset(name, split=split, limit=n)
+    from .toy.evaluate import model_world, toy_prefix
+    pre = toy_prefix(model_world(lm.hf.config))  # a world-v2 model is measured on toy2-* data
+    ld = lambda name, split, n: rl.load_dataset(name.replace("toy", pre, 1), split=split, limit=n)
     train = ld("toy-conflict", "train", cfg["train_limit"])
     dev = ld("toy-conflict", "dev", 64 if fast else 200)
     test = ld("toy-conflict", "test", cfg["n_test"])

@@ -169,3 +169,33 @@ def test_shipped_weights_reproduce_recorded_dev_scores():
     want = recipe["dev_metrics_n100"]
     for k in ("open_em", "recall", "conflict_em", "memory_rate"):
         assert abs(got[k] - want[k]) <= 2.0, (k, got[k], want[k])
+
+
+def test_recipe_world_v2_marks_the_model(tmp_path, monkeypatch):
+    """``--world v2`` trains on v2 contexts, evaluates on toy2-* data and says so in the saved config,
+    which is how the demo picks toy2-* data for the model."""
+    from transformers import AutoConfig
+
+    from routerlens_interp.toy import corpus, pretrain
+    from routerlens_interp.toy.evaluate import model_world, toy_prefix
+
+    layouts, seen = [], []
+    real_init = corpus.DocSampler.__init__
+
+    def spy(self, *a, **kw):
+        real_init(self, *a, **kw)
+        layouts.append(self.layout)
+
+    monkeypatch.setattr(corpus.DocSampler, "__init__", spy)
+    real_ds = pretrain.toy_metrics.__globals__["toy_prefix"]
+    monkeypatch.setitem(pretrain.toy_metrics.__globals__, "toy_prefix", lambda w: seen.append(w) or real_ds(w))
+    out = tmp_path / "v2"
+    pretrain.main(["--out", str(out), "--world", "v2", "--steps", "2", "--batch-size", "2", "--hidden", "32",
+                   "--layers", "1", "--heads", "2", "--experts", "4", "--intermediate", "8", "--eval-every", "2",
+                   "--eval-n", "2", "--final-eval-n", "2", "--ckpt-every", "2", "--threads", "1"])
+    cfg = AutoConfig.from_pretrained(out)
+    assert model_world(cfg) == "v2" and toy_prefix(model_world(cfg)) == "toy2"
+    assert "v2" in layouts and set(seen) == {"v2"}
+    assert model_world(AutoConfig.from_pretrained(WEIGHTS_DIR)) == "v1"
+    with pytest.raises(ValueError, match="v1"):
+        toy_prefix("v3")

@@ -83,16 +83,30 @@ def evaluate_toy(model, tokenizer, examples, batch_size: int = 128) -> dict:
     return {**score(preds, examples), "predictions": preds}
 
 
-def toy_metrics(model, tokenizer, split: str = "dev", n: int | None = 200, batch_size: int = 128) -> dict:
-    """The three headline numbers on the first ``n`` examples of ``split``.
+def toy_prefix(world: str) -> str:
+    """Data-set name prefix of a toy world: "v1" -> "toy" (toy-open ...), "v2" -> "toy2"."""
+    if world not in ("v1", "v2"):
+        raise ValueError(f"toy world {world!r}: choose 'v1' or 'v2'")
+    return "toy" if world == "v1" else "toy2"
+
+
+def model_world(config) -> str:
+    """The toy world a model was pretrained on (``config.routerlens_toy_world``; "v1" when absent)."""
+    return getattr(config, "routerlens_toy_world", None) or "v1"
+
+
+def toy_metrics(model, tokenizer, split: str = "dev", n: int | None = 200, batch_size: int = 128,
+                world: str = "v1") -> dict:
+    """The three headline numbers on the first ``n`` examples of ``split`` (``world`` "v2": the toy2-* sets).
 
     Returns {"open_em", "recall", "conflict_em", "memory_rate"} (all x100): open-book EM on unseen
     people (toy-open), closed-book recall (toy-memory EM), and toy-conflict EM / memory rate.
     """
     from routerlens_interp.toy.data import toy_dataset
     sel = (lambda d: d[:n]) if n else (lambda d: d)
-    op = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-open", split)), batch_size)
-    me = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-memory", split)), batch_size)
-    co = evaluate_toy(model, tokenizer, sel(toy_dataset("toy-conflict", split)), batch_size)
+    pre = toy_prefix(world)
+    op = evaluate_toy(model, tokenizer, sel(toy_dataset(f"{pre}-open", split)), batch_size)
+    me = evaluate_toy(model, tokenizer, sel(toy_dataset(f"{pre}-memory", split)), batch_size)
+    co = evaluate_toy(model, tokenizer, sel(toy_dataset(f"{pre}-conflict", split)), batch_size)
     return {"open_em": op["em"], "recall": me["em"], "conflict_em": co["em"], "memory_rate": co["memory_rate"],
             "samples": [op["predictions"][:3], me["predictions"][:3], co["predictions"][:3]]}

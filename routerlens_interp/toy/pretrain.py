@@ -53,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--reading-warmup", type=float, default=0.1, help="fraction of steps with reading docs only")
     p.add_argument("--p-hard", type=float, default=0.0, help="share of read contexts with mostly same-type distractors")
     p.add_argument("--read-max-facts", type=int, default=4)
+    p.add_argument("--world", default="v1", choices=["v1", "v2"],
+                   help="context layout: v1 (the shipped model) or v2 (2-4 values of the asked type per context)")
     p.add_argument("--mix", default="", help="e.g. memory=0.3,bio=0.08,read=0.4,known=0.22")
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--eval-n", type=int, default=200)
@@ -94,6 +96,8 @@ def build_model(args, tok) -> OlmoeForCausalLM:
         norm_topk_prob=False, initializer_range=0.02,
     )
     cfg.architectures = ["OlmoeForCausalLM"]
+    if getattr(args, "world", "v1") != "v1":  # the demo and the data loaders read it to pick toy2-* data
+        cfg.routerlens_toy_world = args.world
     torch.manual_seed(args.seed)
     kw = {"experts_implementation": args.experts_impl} if args.experts_impl else {}
     return OlmoeForCausalLM._from_config(cfg, **kw)
@@ -107,7 +111,8 @@ class StepBatches(torch.utils.data.Dataset):
         mix = dict(kv.split("=") for kv in args.mix.split(",")) if args.mix else None
         self.sampler = DocSampler(get_world(WORLD_SEED), mix={k: float(v) for k, v in mix.items()} if mix else None,
                                   p_present=args.p_present, reading_warmup=args.reading_warmup,
-                                  p_hard=args.p_hard, read_max_facts=args.read_max_facts)
+                                  p_hard=args.p_hard, read_max_facts=args.read_max_facts,
+                                  layout=getattr(args, "world", "v1"))
 
     def __len__(self):
         return max(self.args.steps - self.start, 0)
@@ -240,7 +245,7 @@ def main(argv=None):
         done = step + 1 >= args.steps
         over = args.max_minutes and (time.time() - t0) > args.max_minutes * 60
         if (step + 1) % args.eval_every == 0 or done or over:
-            m = toy_metrics(model, tok, "dev", n=args.eval_n)
+            m = toy_metrics(model, tok, "dev", n=args.eval_n, world=getattr(args, "world", "v1"))
             log(out, {"step": step + 1, "tokens": tokens, "loss": float(run_loss) / run_n, "aux": float(run_aux) / run_n,
                       "lr": lr_at(step, args), "elapsed": round(elapsed0 + time.time() - t0, 1), **m})
             run_loss, run_aux, run_n = 0.0, 0.0, 0
@@ -259,8 +264,9 @@ def finish(model, tok, args, out: Path, steps_done: int, tokens: int, elapsed: f
     model.config.output_router_logits = False
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    dev_m = toy_metrics(model, tok, "dev", n=100)
-    test_m = toy_metrics(model, tok, "test", n=args.final_eval_n or None)
+    world = getattr(args, "world", "v1")
+    dev_m = toy_metrics(model, tok, "dev", n=100, world=world)
+    test_m = toy_metrics(model, tok, "test", n=args.final_eval_n or None, world=world)
     recipe = {
         "seed": args.seed, "world_seed": WORLD_SEED, "args": vars(args), "steps": steps_done,
         "corpus_tokens": tokens, "params": n_params, "vocab": len(tok), "seconds": round(elapsed, 1),
