@@ -25,6 +25,8 @@ _EXPORTS = {
     "tune_router": ".train", "ceft": ".train", "full_finetune": ".train",
     "RouterAdapter": ".train", "ExpertAdapter": ".train", "load_adapter": ".train",
     "plot": ".plot", "widgets": ".widgets",
+    "attribute_experts": ".ces", "expert_effects": ".ces", "routing_contrast": ".ces", "boost_experts": ".ces",
+    "ExpertScores": ".ces",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,9 +7,10 @@ name                                value                                       
 ==================================  ==========================================================  =========
 ``blocks.L.router.hook_logits``     router logits ``[T, E]``, as the family's routing sees them   yes
 ``blocks.L.router.hook_choice``     every top-k input over the expert axis ``[..., E]``           yes
+``blocks.L.router.hook_select``     the top-k inputs again, to pick the indices only (steering)   yes
 ``blocks.L.experts.hook_route``     ``(indices [T, k], weights [T, k])`` reaching the experts     weights
 ``blocks.L.attn.hook_mask``         the additive attention mask the attention module receives     yes
-``blocks.L.attn.hook_pattern``      attention probabilities ``[B, H, T, T]`` (softmax layers)     no
+``blocks.L.attn.hook_pattern``      attention probabilities ``[B, H, T|R, T]`` (softmax layers)   no
 ``blocks.L.hook_resid_post``        residual stream after the layer ``[B, T, D]``                 no
 ==================================  ==========================================================  =========
 
@@ -31,9 +32,9 @@ import torch
 from ..arch import get_path
 from .tap import RoutingTap
 
-_NAME = re.compile(r"^blocks\.(\d+)\.(router\.hook_logits|router\.hook_choice|experts\.hook_route|attn\.hook_mask|"
+_NAME = re.compile(r"^blocks\.(\d+)\.(router\.hook_logits|router\.hook_choice|router\.hook_select|experts\.hook_route|attn\.hook_mask|"
                    r"attn\.hook_pattern|hook_resid_post)$")
-EDITABLE = ("router.hook_logits", "router.hook_choice", "experts.hook_route", "attn.hook_mask")
+EDITABLE = ("router.hook_logits", "router.hook_choice", "router.hook_select", "experts.hook_route", "attn.hook_mask")
 
 
 class _Point:
@@ -56,6 +57,8 @@ class HookLayer:
         self.taps_seen: dict[int, int] = {}  # layer → router linears seen by the tap (self-check)
         self.reroute_checked = False
         self.lens_checked = False
+        self.rows_checked = False  # attention rows without eager checked against eager (attn_rows.check_rows)
+        self.rows_refused: str | None = None
         self.masks: dict[int, list] = {}  # layer → [(mode, bool [E])] of the masks now in force
 
     @property
@@ -71,7 +74,7 @@ class HookLayer:
                 out += [f"blocks.{l}.attn.hook_mask", f"blocks.{l}.attn.hook_pattern"]
             if l in s.moe_layers:
                 out += [f"blocks.{l}.router.hook_logits", f"blocks.{l}.router.hook_choice",
-                        f"blocks.{l}.experts.hook_route"]
+                        f"blocks.{l}.router.hook_select", f"blocks.{l}.experts.hook_route"]
             out.append(f"blocks.{l}.hook_resid_post")
         return out
 
@@ -85,10 +88,18 @@ class HookLayer:
             yield
 
     @contextmanager
-    def read(self, name: str, fn: Callable) -> Iterator[None]:
-        """Call ``fn(value)`` at point ``name`` (after every edit there) while the block runs."""
+    def read(self, name: str, fn: Callable, rows: torch.Tensor | None = None) -> Iterator[None]:
+        """Call ``fn(value)`` at point ``name`` (after every edit there) while the block runs.
+
+        ``rows`` (``attn.hook_pattern`` only): ``[B]`` or ``[B, R]`` query positions; ``fn`` then gets the
+        probabilities of those rows ``[B, H, R, T]``, and an SDPA model computes only them (no eager attention).
+        """
         layer, kind = self._parse(name)
-        if kind == "router.hook_choice":
+        if kind == "attn.hook_pattern":
+            fn = _PatternReader(fn, rows)
+        elif rows is not None:
+            raise ValueError(f"rows= applies to attn.hook_pattern, not {name}")
+        if kind in ("router.hook_choice", "router.hook_select"):
             raise ValueError(f"{name} is an edit point; read blocks.{layer}.router.hook_logits")
         with self._client(name, layer, kind, "reads", fn):
             yield
@@ -114,7 +125,13 @@ class HookLayer:
     def _client(self, name, layer, kind, role, fn):
         pt = self._points.setdefault(name, _Point())
         if pt.empty():
-            self._install(pt, layer, kind)
+            try:
+                self._install(pt, layer, kind)
+            except BaseException:
+                for h in pt.handles:
+                    h.remove()
+                self._points.pop(name, None)
+                raise
         getattr(pt, role).append(fn)
         try:
             yield
@@ -153,7 +170,7 @@ class HookLayer:
 
     def _install(self, pt: _Point, layer: int, kind: str) -> None:
         s, hf = self.spec, self.lm.hf
-        if kind in ("router.hook_logits", "router.hook_choice"):
+        if kind in ("router.hook_logits", "router.hook_choice", "router.hook_select"):
             pt.handles += self._install_tap(layer)
         elif kind == "experts.hook_route":
             pt.handles += self._install_route(layer)
@@ -161,21 +178,43 @@ class HookLayer:
             pt.handles.append(s.attention(hf, layer).register_forward_pre_hook(
                 self._mask_hook(f"blocks.{layer}.attn.hook_mask"), with_kwargs=True))
         elif kind == "attn.hook_pattern":
-            name = f"blocks.{layer}.attn.hook_pattern"
-
-            def pattern(module, args, output):
-                probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
-                    raise RuntimeError(f"{name}: {type(module).__name__} returned no attention probabilities "
-                                       f"(got {type(probs).__name__}); load the model with eager attention")
-                self._run(name, probs)
-            pt.handles.append(s.attention(hf, layer).register_forward_hook(pattern))
+            pt.handles.append(self._install_pattern(layer))
         else:  # hook_resid_post
             name = f"blocks.{layer}.hook_resid_post"
 
             def resid(module, args, output):
                 self._run(name, output[0] if isinstance(output, tuple) else output)
             pt.handles.append(s.layers(hf)[layer].register_forward_hook(resid))
+
+    def _install_pattern(self, layer: int):
+        """Eager models: the module's own probabilities, rows picked per reader. SDPA models: each reader's
+        rows computed by the family's eager function (:mod:`.attn_rows`), once checked against eager."""
+        from . import attn_rows
+
+        name = f"blocks.{layer}.attn.hook_pattern"
+        module = self.spec.attention(self.lm.hf, layer)
+        impl = attn_rows.implementation(self.lm)
+        if impl == "eager":
+            def pattern(module, args, output):
+                probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
+                    raise RuntimeError(f"{name}: {type(module).__name__} returned no attention probabilities "
+                                       f"(got {type(probs).__name__}); load the model with eager attention")
+                self._run(name, probs)
+            return module.register_forward_hook(pattern)
+        if impl != "sdpa":
+            raise ValueError(f"{name}: attention probabilities are computed for eager or sdpa attention, not "
+                             f"{impl!r}; load the model with rl.load(..., attn_implementation='sdpa') or 'eager'")
+        reason = attn_rows.check_rows(self.lm)
+        if reason is not None:
+            raise ValueError(f"{name}: attention rows cannot be computed without eager attention on this "
+                             f"{self.spec.family} model: {reason}; load it with attn_implementation='eager'")
+
+        def rows(module, query, key, value, mask, kwargs):
+            pt = self._points.get(name)
+            for r in (pt.reads if pt is not None else ()):
+                r.deliver(attn_rows.rows_probs(module, query, key, value, mask, kwargs, r.rows))
+        return attn_rows.RowsRequest(self.lm, module, rows)
 
     def _mask_hook(self, name):
         def hook(module, args, kwargs):
@@ -206,10 +245,16 @@ class HookLayer:
                 x = fn(x)
             return x
 
+        def on_select(x):
+            pt = self._points.get(f"blocks.{layer}.router.hook_select")
+            for fn in (pt.edits if pt is not None else ()):
+                x = fn(x)
+            return x
+
         stack: list[RoutingTap] = []
 
         def enter(module, args, kwargs):
-            tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice)
+            tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice, on_select)
             tap.__enter__()
             stack.append(tap)
 
@@ -256,6 +301,21 @@ class HookLayer:
             return tuple(args), kwargs
 
         return [experts.register_forward_pre_hook(pre, with_kwargs=True)]
+
+
+class _PatternReader:
+    """A reader of ``attn.hook_pattern`` with the query rows it wants (None: all)."""
+
+    def __init__(self, fn: Callable, rows: torch.Tensor | None):
+        self.fn, self.rows = fn, rows
+
+    def __call__(self, full: torch.Tensor) -> None:  # eager: the full probabilities [B, H, T, T]
+        from .attn_rows import gather_rows
+
+        self.fn(gather_rows(full, self.rows))
+
+    def deliver(self, rows: torch.Tensor) -> None:  # sdpa: already the rows [B, H, R, T]
+        self.fn(rows)
 
 
 class _Release:

@@ -11,6 +11,10 @@ module holding the routing decision runs. It sees two kinds of calls:
 - ``topk`` over a last axis of size ``E``: the choice scores. Edits apply there too, so an expert whose
   selection score does not come from its logit alone (a correction bias added to sigmoid scores) still
   cannot be chosen when masked.
+- The same ``topk`` calls also take *selection-only* edits (``on_select``): the indices come from the
+  edited scores, the values from the unedited ones. Steering uses it: +β decides which experts a token
+  gets wherever the family ranks experts, while the weights stay the family's own (Mixtral-style code
+  uses the top-k values as weights; adding β to them would change the weights, not only the choice).
 
 The tap counts the logits it sees per call; the model's self-check uses that to refuse families whose
 router does not compute its logits this way.
@@ -33,12 +37,16 @@ class RoutingTap(TorchFunctionMode):
         n_experts / hidden: ``E`` and ``H``, which identify the router's linear (weight ``[E, H]``).
         on_logits: ``logits [T, E] → logits`` (edits, then reads).
         on_choice: ``scores [..., E] → scores`` applied to every top-k input over the expert axis.
+        on_select: ``scores [..., E] → scores`` used only to pick the top-k indices (after ``on_choice``);
+            the values returned are gathered from the ``on_choice`` scores. Returning its input unchanged
+            (the same object) leaves the top-k call as it was.
     """
 
-    def __init__(self, n_experts: int, hidden: int, on_logits: Callable, on_choice: Callable | None):
+    def __init__(self, n_experts: int, hidden: int, on_logits: Callable, on_choice: Callable | None,
+                 on_select: Callable | None = None):
         super().__init__()
         self.E, self.H = n_experts, hidden
-        self.on_logits, self.on_choice = on_logits, on_choice
+        self.on_logits, self.on_choice, self.on_select = on_logits, on_choice, on_select
         self.hits = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -48,9 +56,25 @@ class RoutingTap(TorchFunctionMode):
             if w is not None and w.dim() == 2 and w.shape[0] == self.E and w.shape[1] == self.H:
                 self.hits += 1
                 return self.on_logits(func(*args, **kwargs))
-        elif func in _TOPK and self.on_choice is not None and args and isinstance(args[0], torch.Tensor):
+        elif func in _TOPK and (self.on_choice or self.on_select) and args and isinstance(args[0], torch.Tensor):
             x = args[0]
             dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
             if x.dim() and x.shape[-1] == self.E and dim in (-1, x.dim() - 1):
-                return func(self.on_choice(x), *args[1:], **kwargs)
+                scores = self.on_choice(x) if self.on_choice is not None else x
+                pick = self.on_select(scores) if self.on_select is not None else scores
+                if pick is scores:
+                    return func(scores, *args[1:], **kwargs)
+                idx = func(pick, *args[1:], **kwargs).indices
+                return torch.return_types.topk((scores.gather(-1, idx), idx))
         return func(*args, **kwargs)
+
+
+def logit_bias(bias: torch.Tensor) -> Callable:
+    """An edit adding ``bias [E]`` to router scores ``[..., E]`` (β on the steered experts, 0 elsewhere).
+
+    ``x + 0.0 == x`` for every finite ``x`` (and ``-0.0`` becomes ``+0.0``, which no routing rule tells
+    apart), so a zero bias leaves the model bit-identical.
+    """
+    def edit(x: torch.Tensor) -> torch.Tensor:
+        return x + bias.to(device=x.device, dtype=x.dtype)
+    return edit

@@ -1,0 +1,9 @@
+"""Context-faithful experts without training: attribution, exact masking effects, routing contrast, steering."""
+from .attribution import attribute_experts
+from .contrast import RoutingContrast, routing_contrast
+from .effects import expert_effects
+from .scores import ExpertScores, spearman
+from .steering import best_beta, boost_experts, steer
+
+__all__ = ["attribute_experts", "expert_effects", "routing_contrast", "RoutingContrast", "ExpertScores",
+           "spearman", "boost_experts", "steer", "best_beta"]
