@@ -14,7 +14,8 @@ import torch
 from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
 from .config import TrainConfig
 from .data import prepare
-from .loop import make_accelerator, train
+from ..errors import UserError
+from .loop import CheckpointWriteError, make_accelerator, train
 from .params import (expert_tensor_names, expert_trainable, full_trainable, router_param_names,
                      router_trainable)
 
@@ -29,19 +30,38 @@ def _run(lm, train_data, dev_data, method, setup, index, adapter_cls, extra_mani
     train_items, dropped = prepare(lm, train_data, config.max_tokens, "train")
     dev_items, dropped_dev = prepare(lm, dev_data, config.max_tokens, "dev")
     hash_extra = {"method": method, "base": base_fp, **extra_manifest}
-    with setup as trainable:
-        res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
-                    progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
-        idx = trainable.index
+    manifest = {"format": "routerlens-adapter", "version": 2, "method": method, "base_model": lm.name,
+                "family": lm.spec.family, "base_fingerprint": base_fp,
+                "config_hash": config.config_hash(**hash_extra), "config": config.to_dict(), **extra_manifest}
+    try:
+        with setup as trainable:
+            idx = trainable.index
+            res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
+                        progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
+    except CheckpointWriteError as e:
+        raise _save_anyway(e, adapter_cls, idx, manifest, out_dir) from e
     metrics = {**res.metrics, "dropped_train": dropped, "dropped_dev": dropped_dev, "history": res.history}
-    manifest = {"format": "routerlens-adapter", "version": 1, "method": method, "base_model": lm.name,
-                "family": lm.spec.family, "base_fingerprint": base_fp, "config_hash": res.metrics["config_hash"],
-                "config": config.to_dict(), "metrics": metrics, **extra_manifest}
+    manifest = {**manifest, "config_hash": res.metrics["config_hash"], "metrics": metrics}
     adapter = adapter_cls(res.best, idx, manifest)
     if out_dir is not None and acc.is_main_process:
         adapter.save(out_dir)
     acc.wait_for_everyone()
     return adapter
+
+
+def _save_anyway(e: CheckpointWriteError, adapter_cls, idx, manifest: dict, out_dir) -> UserError:
+    """After a failed checkpoint write: save the best tensors so far as an adapter when the disk takes it,
+    and return the error that says what was kept."""
+    if e.tensors is None:
+        kept = "no adapter was saved (FSDP without a dev set keeps no gathered copy)"
+    else:
+        metrics = {"steps": e.step, "best_step": e.best_step, "history": e.history, "incomplete": True}
+        try:
+            adapter_cls(e.tensors, idx, {**manifest, "metrics": metrics}).save(out_dir)
+            kept = f"the adapter of step {e.best_step} (best so far) was saved to {out_dir}"
+        except (OSError, UserError) as e2:
+            kept = f"the adapter could not be saved either ({e2})"
+    return UserError(f"{e}; {kept}. Free disk space, then continue with --resume")
 
 
 def tune_router(lm, train, dev=None, *, config: TrainConfig | dict | None = None, out_dir=None, resume: bool = False,
