@@ -51,12 +51,22 @@ def _data(args, default_split: str, lm=None):
     return rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
 
 
+def _adapter(args):
+    """Load ``--adapter``; ``--trust-base`` accepts one without a base fingerprint, loudly."""
+    import routerlens_interp as rl
+
+    if getattr(args, "trust_base", False):
+        print(f"routerlens {args.command}: WARNING: --trust-base: {args.adapter} is applied even if nothing shows "
+              "it was made for this base model", file=sys.stderr)
+    return rl.load_adapter(args.adapter, trust_base=getattr(args, "trust_base", False))
+
+
 def _interventions(stack: ExitStack, lm, args) -> None:
     """Enter ``--adapter`` and ``--mask`` for the rest of the command."""
     import routerlens_interp as rl
 
     if getattr(args, "adapter", None):
-        stack.enter_context(rl.load_adapter(args.adapter).applied(lm))
+        stack.enter_context(_adapter(args).applied(lm))
     if getattr(args, "mask", None):
         stack.enter_context(rl.mask_experts(lm, rl.ExpertSet.load(args.mask), mode=args.mask_mode))
 
@@ -143,7 +153,7 @@ def cmd_analyze(args) -> None:
 
     lm = _load(args)
     data = _data(args, "test", lm)
-    tuned = rl.load_adapter(args.adapter) if args.adapter else rl.ExpertSet.load(args.mask)
+    tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
     res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=not args.no_png)
     _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}")
 
@@ -153,7 +163,7 @@ def cmd_knockout(args) -> None:
 
     lm = _load(args)
     data = _data(args, "test", lm)
-    tuned = rl.load_adapter(args.adapter) if args.adapter else rl.ExpertSet.load(args.mask) if args.mask else None
+    tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask) if args.mask else None
     try:
         sets = [[int(x) for x in part.split(",")] for part in args.layers.split(";")] if args.layers else None
     except ValueError:
@@ -178,6 +188,10 @@ def cmd_demo(args) -> None:
         print(json.dumps(report, default=float))
 
 
+TRUST_BASE_HELP = ("apply an adapter whose manifest has no base_fingerprint (nothing then checks that it was "
+                   "made for --model; prints a warning)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="routerlens", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -195,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="EM/F1/memory-rate by greedy decoding")
     _common(e)
     e.add_argument("--adapter", help="adapter directory to apply")
+    e.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     e.add_argument("--mask", help="experts.json to mask")
     e.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     e.add_argument("--max-new-tokens", type=int, default=32)
@@ -205,11 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("count", help="count expert selections per MoE layer")
     _common(c)
     c.add_argument("--adapter", help="adapter directory to apply (e.g. the router-tuned one)")
+    c.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     c.add_argument("--mask", help="experts.json to mask")
     c.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer"])
     c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--out", required=True, help="counts file (.pt)")
+    c.add_argument("--out", required=True, help="counts file to write (e.g. counts.safetensors)")
     c.set_defaults(func=cmd_count)
 
     s = sub.add_parser("select", help="pick context-faithful experts from counts")
@@ -250,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     g = a.add_mutually_exclusive_group(required=True)
     g.add_argument("--adapter", help="adapter directory (the tuned model)")
+    a.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     g.add_argument("--mask", help="experts.json: analyse what masking them does")
     a.add_argument("--layer", type=int, default=None, help="layer for the per-token attention figure")
     a.add_argument("--no-png", action="store_true")
@@ -260,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(k)
     g = k.add_mutually_exclusive_group()
     g.add_argument("--adapter", help="knock out in the model with this adapter applied (e.g. router-tuned)")
+    k.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     g.add_argument("--mask", help="knock out in the model with these experts masked (experts.json)")
     k.add_argument("--span", default="answer_in_context", choices=["answer_in_context", "context", "question"])
     k.add_argument("--layers", default=None, help="layer sets, e.g. '0;1;2,3' (default: each layer, then all)")
@@ -273,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    from .errors import TrainingInterrupted
+
     try:
         args.func(args)
+    except TrainingInterrupted as e:
+        print(f"interrupted at step {e.step}; continue with --resume", file=sys.stderr)
+        return e.exit_code
     except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
         print(f"routerlens {args.command}: error: {e}", file=sys.stderr)
         return 2
