@@ -6,9 +6,10 @@ Builds the world (seed 0, the one the toy data sets use), the tokenizer and an O
 ``OlmoeConfig``; trains on documents from ``corpus.DocSampler`` (reading curriculum first, then the
 full mixture) with the load-balancing auxiliary loss; every ``--eval-every`` steps measures
 open-book EM on unseen people, closed-book recall and conflict EM / memory rate by greedy decoding
-and appends them with the loss to ``DIR/log.jsonl``. Checkpoints (``DIR/checkpoint.pt``) let a run
-resume. At the end the model is saved with ``save_pretrained`` (``output_router_logits`` False)
-together with the tokenizer and ``recipe.json`` (arguments, corpus size, time, final metrics).
+and appends them with the loss to ``DIR/log.jsonl``. Checkpoints (``DIR/checkpoint.safetensors``:
+tensors + JSON, never unpickled; an old pickle ``checkpoint.pt`` is refused) let a run resume. At the
+end the model is saved with ``save_pretrained`` (``output_router_logits`` False) together with the
+tokenizer and ``recipe.json`` (arguments, corpus size, time, final metrics).
 """
 from __future__ import annotations
 
@@ -24,10 +25,16 @@ import torch
 import torch.nn.functional as F
 from transformers import OlmoeConfig, OlmoeForCausalLM, PreTrainedTokenizerFast
 
+from routerlens_interp import safe_state
+from routerlens_interp.errors import UserError
 from routerlens_interp.toy.corpus import DocSampler, tokenizer_texts
 from routerlens_interp.toy.data import WORLD_SEED, get_world
 from routerlens_interp.toy.evaluate import toy_metrics
 from routerlens_interp.toy.tokenizer import single_token_report, train_tokenizer
+
+
+CHECKPOINT, OLD_CHECKPOINT = "checkpoint.safetensors", "checkpoint.pt"
+CKPT_KIND = "routerlens toy pretraining checkpoint"
 
 
 def parse_args(argv=None):
@@ -194,12 +201,15 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    ck = out / CHECKPOINT
+    if (out / OLD_CHECKPOINT).exists() and not ck.exists():
+        raise UserError(f"{out / OLD_CHECKPOINT} {safe_state.OLD_PICKLE}; delete it to start over, or use a new --out")
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     tok = build_tokenizer(out, args.init_from)
-    if args.auto_minutes and not (out / "checkpoint.pt").exists():
+    if args.auto_minutes and not ck.exists():
         dt = probe_steps(args, tok, dev)
         args.steps = int(args.auto_minutes * 60 / dt)
         print(f"probe: {dt * 1000:.1f} ms/step -> --steps {args.steps}")
@@ -214,19 +224,18 @@ def main(argv=None):
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
     start, tokens, elapsed0 = 0, 0, 0.0
-    ck = out / "checkpoint.pt"
     if ck.exists():
-        state = torch.load(ck, map_location=dev, weights_only=False)
+        state = safe_state.load(ck, CKPT_KIND, "delete it to start over, or use a new --out")
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])  # moves the optimizer state to the parameters' device
         start, tokens, elapsed0 = state["step"], state["tokens"], state["elapsed"]
         print(f"resumed from step {start}")
     else:
         log(out, {"event": "start", "args": vars(args), "params": n_params, "vocab": len(tok)})
 
     def save_ckpt(step):
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
-                    "elapsed": elapsed0 + time.time() - t0}, ck)
+        safe_state.save(ck, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "tokens": tokens,
+                             "elapsed": elapsed0 + time.time() - t0}, CKPT_KIND)
 
     loader = torch.utils.data.DataLoader(StepBatches(args, tok, start), batch_size=None, shuffle=False,
                                          num_workers=args.workers, prefetch_factor=4 if args.workers else None,
