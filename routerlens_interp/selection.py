@@ -9,13 +9,16 @@ compares against.
 from __future__ import annotations
 
 import json
+import numbers
 import random
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import torch
 
 from .counting import ExpertCounts
+from .errors import UserError
 
 __all__ = ["ExpertSet", "select_experts", "expert_scores", "random_experts", "grown_experts", "METHODS"]
 
@@ -44,14 +47,11 @@ class ExpertSet:
             experts = experts.to_dict()["experts"]
         table: dict[int, list[int]] = {}
         for layer, ids in (experts or {}).items():
-            try:
-                layer_i = int(layer)
-                if isinstance(ids, (str, bytes)):
-                    raise TypeError
-                ids_i = sorted({int(e) for e in ids})
-            except (TypeError, ValueError):
-                raise ValueError(f"ExpertSet needs {{layer: [expert ids]}} with integer layers and ids; "
-                                 f"got {layer!r}: {ids!r}") from None
+            layer_i = _layer_key(layer)
+            if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, Iterable):
+                raise ValueError(f"ExpertSet needs {{layer: [expert ids]}}; layer {layer!r} has {ids!r:.60} instead "
+                                 "of a list of expert ids")
+            ids_i = sorted({_expert_id(layer, e) for e in ids})
             if layer_i < 0 or any(e < 0 for e in ids_i):
                 raise ValueError(f"negative layer or expert id in ExpertSet: {layer!r}: {ids!r}")
             if ids_i:
@@ -180,7 +180,34 @@ class ExpertSet:
         p = Path(path)
         if not p.exists():
             raise FileNotFoundError(f"no expert-set file at {p}")
-        return cls.from_json(p.read_text())
+        try:
+            s = cls.from_json(p.read_text())
+        except ValueError as e:  # json.JSONDecodeError too: name the file
+            raise UserError(f"{p}: {e}") from None
+        if not s:
+            warnings.warn(f"{p} lists no experts: masking or training with it changes nothing", stacklevel=2)
+        return s
+
+
+def _layer_key(layer) -> int:
+    """A layer number from an int or a JSON key ("3"); anything else (1.5, true, "a") is refused."""
+    if isinstance(layer, str) and layer.isascii() and layer.isdigit():
+        return int(layer)
+    if isinstance(layer, numbers.Integral) and not isinstance(layer, bool):
+        return int(layer)
+    raise ValueError(f"ExpertSet layer {layer!r} is not a layer number (an integer, or its digits as a JSON key)")
+
+
+def _expert_id(layer, e) -> int:
+    """An expert id: an integer (Python, NumPy or a 0-d integer tensor). 1.5, 2.0, true and "3" are refused:
+    ``int()`` would turn them silently into another expert."""
+    if isinstance(e, torch.Tensor) and e.dim() == 0 and not (e.is_floating_point() or e.is_complex()
+                                                              or e.dtype == torch.bool):
+        return int(e)
+    if isinstance(e, numbers.Integral) and not isinstance(e, bool):
+        return int(e)
+    raise ValueError(f"ExpertSet layer {layer!r}: expert id {e!r} ({type(e).__name__}) is not an integer; "
+                     "write ids as whole numbers, e.g. [3, 7]")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,11 +25,13 @@ def normalize_mask(spec, experts: Mapping[int, list[int]], mode: str = "reroute"
     """Validate ``{layer: [expert, ...]}`` against ``spec`` → a clean dict of sorted unique ids."""
     if mode not in MODES:
         raise ValueError(f"unknown masking mode {mode!r}; use one of {MODES}")
+    from ..selection import _expert_id, _layer_key  # int() would turn 1.5 or True into expert 1
+
     items = experts.items() if hasattr(experts, "items") else experts
     clean: dict[int, list[int]] = {}
     for layer, ids in items:
-        layer = int(layer)
-        ids = sorted({int(e) for e in ids})
+        layer = _layer_key(layer)
+        ids = sorted({_expert_id(layer, e) for e in ids})
         for e in ids:
             spec.check_expert(layer, e)
         if not ids:
