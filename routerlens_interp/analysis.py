@@ -139,9 +139,11 @@ def token_attention_diff(lm, tuned, example, layer: int, mask_mode: str = "rerou
     enc = lm.encode(example)
     ids = enc.input_ids[None].to(lm.device)
 
-    def row(model):
-        att = model.hf(input_ids=ids, output_attentions=True).attentions[layer]  # [1, H, T, T]
-        return att[0, :, enc.last_prompt, :].float().mean(dim=0).cpu().numpy()
+    def row(model):  # the hook layer's pattern: an SDPA model computes only this row
+        got = []
+        with model.hooks.read(f"blocks.{layer}.attn.hook_pattern", got.append, rows=torch.tensor([enc.last_prompt])):
+            model.hf(input_ids=ids)
+        return got[0][0, :, 0, :].float().mean(dim=0).cpu().numpy()  # [1, H, 1, T] → [T]
 
     b = row(lm)
     with tuned_view(lm, tuned, mask_mode) as model:

@@ -17,7 +17,8 @@ class MoEModel:
     """A loaded MoE model.
 
     Attributes:
-        hf: the ``transformers`` causal LM (eager attention, so attention probabilities exist).
+        hf: the ``transformers`` causal LM (SDPA attention by default; traces compute the attention rows
+            they need, see :mod:`routerlens_interp.hooks.attn_rows`).
         tokenizer: its fast tokenizer (pad token set).
         spec: the :class:`~routerlens_interp.arch.MoESpec` of its layout.
         name: the name or path it was loaded from.
@@ -101,6 +102,9 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
         device: where to put it (``"cuda"``, ``"cpu"``, ...); default CPU. ``device_map`` may be passed
             in ``hf_kwargs`` instead for multi-GPU sharding.
         dtype: parameter dtype (e.g. ``torch.bfloat16``); default as saved.
+        hf_kwargs: passed to ``from_pretrained``; ``attn_implementation`` defaults to transformers' choice
+            (``"sdpa"`` where the family supports it, else ``"eager"``); ``"eager"`` keeps the full
+            ``[B, H, T, T]`` probabilities (memory grows with T²).
 
     Raises :class:`~routerlens_interp.arch.NotMoEError` for a dense model or an unreadable layout.
     """
@@ -110,7 +114,7 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     if name_or_path == "toy" and not (TOY_DIR / "config.json").exists():
         raise FileNotFoundError(f"the bundled toy model is missing from {TOY_DIR}; reinstall the package or "
                                 f"train it with `python -m routerlens_interp.toy.pretrain --out {TOY_DIR}`")
-    kw = {"attn_implementation": "eager", **hf_kwargs}
+    kw = dict(hf_kwargs)
     if dtype is not None:
         kw["dtype"] = dtype
     hf = _from_pretrained(path, kw)
@@ -144,10 +148,13 @@ def _from_pretrained(path: str, kw: dict):
 def probe_attention(lm) -> None:
     """Find the layers whose attention module returns softmax probabilities ``[B, H, T, T]`` (rows sum to 1)
     on a probe batch; the others (linear attention, Mamba, convolutions, compressed keys) are recorded in
-    ``spec.mixers`` and traced as absent."""
+    ``spec.mixers`` and traced as absent. The probe runs with eager attention whatever the model runs."""
+    from .hooks.attn_rows import implementation, use_implementation
+
     spec, hf = lm.spec, lm.hf
-    if getattr(hf.config, "_attn_implementation", "eager") != "eager":
-        return
+    if implementation(lm) != "eager":
+        with use_implementation(lm, "eager"):
+            return probe_attention(lm)
     ids = torch.arange(3, 11, device=lm.device)[None] % int(hf.get_input_embeddings().num_embeddings)
     seen: dict[int, str] = {}
     handles = []
@@ -178,7 +185,7 @@ def probe_attention(lm) -> None:
 
 
 def from_hf(hf, tokenizer, name: str = "") -> MoEModel:
-    """Wrap an already-loaded transformers model (eager attention recommended) into a :class:`MoEModel`."""
+    """Wrap an already-loaded transformers model (eager or SDPA attention) into a :class:`MoEModel`."""
     lm = MoEModel(hf, tokenizer, name=name)
     probe_attention(lm)
     return lm

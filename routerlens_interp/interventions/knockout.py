@@ -26,12 +26,14 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
     position ``query`` to positions ``keys`` at decoder ``layers``; hooks are removed on exit.
 
     The model's own mask is edited (sliding windows and padding stay as they are); where a layer gets no
-    mask, a plain causal one is used.
+    mask (SDPA's pure-causal shortcut), a causal one is materialised with the entries blocked.
     """
-    impl = getattr(lm.hf.config, "_attn_implementation", None) or "eager"
+    from ..hooks.attn_rows import implementation
+
+    impl = implementation(lm)
     if impl not in SUPPORTED:
         raise ValueError(f"attention knockout needs eager or sdpa attention, not {impl!r}; load the model with "
-                         f"rl.load(...) (eager by default) or attn_implementation='eager'")
+                         f"rl.load(...) (sdpa by default) or attn_implementation='eager'")
     n_layers = len(lm.spec.layers(lm.hf))
     bad = [l for l in layers if not 0 <= l < n_layers]
     if bad:

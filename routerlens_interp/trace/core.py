@@ -67,11 +67,13 @@ def trace(lm, examples, routing: bool = True, attention: bool = True, lens: bool
     else:
         raise ValueError(f"unknown backend {backend!r}; use 'nnsight' or 'transformer_lens'")
     spec = lm.spec
-    impl = getattr(lm.hf.config, "_attn_implementation", None) or "eager"
-    if attention and impl != "eager":
-        raise ValueError(f"attention probabilities need eager attention, but this model runs {impl!r}; load it "
-                         f"with rl.load(...) (eager by default) or attn_implementation='eager', or pass "
-                         f"attention=False")
+    from ..hooks.attn_rows import implementation
+
+    impl = implementation(lm)
+    if attention and impl not in ("eager", "sdpa"):
+        raise ValueError(f"attention probabilities are computed for eager or sdpa attention, but this model runs "
+                         f"{impl!r}; load it with rl.load(...) (sdpa by default) or attn_implementation='eager', "
+                         f"or pass attention=False")
     encoded = encode_inputs(lm, examples, with_answer)
     N = len(encoded)
     q_all = torch.tensor(query if query is not None else [e.last_prompt for e in encoded], dtype=torch.long)

@@ -1,9 +1,10 @@
 """nnsight backend: one ``NNsight.trace`` per batch, reductions done inside the trace.
 
-Attention probabilities and the residual stream are read through nnsight at the hook layer's points
-(``blocks.L.attn.hook_pattern`` → ``<layer>.<attn>.output[1]``, ``blocks.L.hook_resid_post`` →
-``<layer>.output``); no edit of the hook layer touches a module's output, so nnsight sees what the model
-used. Routing is read from the hook layer's router and experts points, where masks act, so a trace
+The residual stream is read through nnsight at ``blocks.L.hook_resid_post`` (``<layer>.output``); no
+edit of the hook layer touches a module's output, so nnsight sees what the model used. Attention is read
+from the hook layer's ``blocks.L.attn.hook_pattern`` at the query rows only (eager models: picked from the
+module's probabilities; SDPA models: only those rows are computed). Routing is read from the hook layer's
+router and experts points, where masks act, so a trace
 under a mask records the routing the model really ran. Inside the trace only small tensors are kept: the
 query row of each attention reduced to span masses ``[B, H, S]`` and the residual at the query ``[B, D]``.
 """
@@ -29,6 +30,15 @@ def routing_reads(lm, stack: ExitStack, out: dict) -> None:
         stack.enter_context(hooks.read(f"blocks.{i}.experts.hook_route", route))
 
 
+def attention_reads(lm, stack: ExitStack, out: dict, query: torch.Tensor, span_masks: torch.Tensor) -> None:
+    """Register hook-layer reads of the query rows of every attention layer, reduced to span masses
+    ``[B, H, S]`` into ``out["attention"]`` (an SDPA model computes only those rows)."""
+    for i in lm.spec.attention_layers:
+        def mass(p, i=i):  # p: [B, H, 1, T]
+            out["attention"][i] = torch.einsum("bhk,bsk->bhs", p[:, :, 0].float(), span_masks.to(p.device))
+        stack.enter_context(lm.hooks.read(f"blocks.{i}.attn.hook_pattern", mass, rows=query))
+
+
 def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | None, routing: bool,
             lens: bool) -> dict:
     """Run one batch.
@@ -50,13 +60,11 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
     with ExitStack() as stack:
         if routing:
             routing_reads(lm, stack, out)
+        if span_masks is not None:
+            attention_reads(lm, stack, out, q, span_masks)
         with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"]):
             for i in range(spec.n_layers):
                 layer = layers[i]
-                if span_masks is not None and i in spec.attention_layers:
-                    probs = get_path(layer, spec.attn_attr).output[1]
-                    sel = probs[rows, :, q]  # [B, H, T]
-                    out["attention"][i] = torch.einsum("bhk,bsk->bhs", sel.float(), span_masks).save()
                 if lens:
                     h = layer.output
                     h = h[0] if isinstance(h, tuple) else h  # some layers also return indexer state

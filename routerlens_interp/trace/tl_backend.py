@@ -19,7 +19,8 @@ component). That would change ``lm.hf`` for everything else (spec paths, nnsight
 replacements are recorded, undone right after booting, and re-installed only while the bridge runs
 (:func:`bridged`). Hooks that masks put on the original modules keep firing inside the bridge, since
 every bridge component calls its original module. The bridge is cached on the model as
-``lm._tl_bridge``. PhiMoE is not supported by TransformerLens 4.3 (no architecture adapter).
+``lm._tl_bridge``. The bridge runs eager attention (booting it would switch the model to eager for good;
+that is undone, and :func:`bridged` switches to eager only while it runs). PhiMoE is not supported by TransformerLens 4.3 (no architecture adapter).
 """
 from __future__ import annotations
 
@@ -54,6 +55,10 @@ def _boot(lm):
     if not getattr(hf.config, "architectures", None):
         hf.config.architectures = [type(hf).__name__]
     snapshot = [(mod, dict(mod._modules)) for mod in hf.modules()]
+    # the bridge switches the model to eager attention; the model keeps its own (bridged() runs eager)
+    impls = [(c, c._attn_implementation) for c in {id(c): c for c in
+             [hf.config] + [getattr(m, "config", None) for m in hf.modules()] if c is not None}.values()
+             if hasattr(c, "_attn_implementation_internal")]
     params = {n: p for n, p in hf.named_parameters()}
     was_training = hf.training
     try:
@@ -76,6 +81,8 @@ def _boot(lm):
                     swaps.append((mod, name, child, now))
                     mod._modules[name] = child
         hf.train(was_training)
+        for c, v in impls:
+            c._attn_implementation_internal = v  # not the setter: it would overwrite the sub-configs again
     moved = [n for n, p in hf.named_parameters() if params.get(n) is not p]
     if moved:  # pragma: no cover - would mean the bridge copied weights
         raise TLUnsupportedError(f"booting the TransformerLens bridge replaced parameters {moved[:3]}")
@@ -89,13 +96,16 @@ def bridged(lm):
     if any(mod._modules.get(name) is not orig for mod, name, orig, _ in lm._tl_swaps):
         lm._tl_bridge = None  # modules were replaced since booting (e.g. an adapter): boot afresh
         bridge = get_bridge(lm)
-    for mod, name, _, comp in lm._tl_swaps:
-        mod._modules[name] = comp
-    try:
-        yield bridge
-    finally:
-        for mod, name, orig, _ in lm._tl_swaps:
-            mod._modules[name] = orig
+    from ..hooks.attn_rows import use_implementation
+
+    with use_implementation(lm, "eager"):  # TransformerLens reads the full [B, H, T, T] pattern
+        for mod, name, _, comp in lm._tl_swaps:
+            mod._modules[name] = comp
+        try:
+            yield bridge
+        finally:
+            for mod, name, orig, _ in lm._tl_swaps:
+                mod._modules[name] = orig
 
 
 def hook_names(lm, bridge, span_masks: bool, lens: bool) -> list[str]:

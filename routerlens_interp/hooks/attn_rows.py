@@ -1,0 +1,246 @@
+"""Attention probabilities without eager attention: only the query rows a trace needs.
+
+Eager attention materialises ``[B, H, T, T]`` probabilities in every layer (8 GB per example and layer at
+T = 8k, 32 heads, fp32). A trace needs the rows of a few query positions. While ``blocks.L.attn.hook_pattern``
+has a reader on an SDPA model, the attention modules' configs name the attention function registered here
+(:data:`NAME`): it computes the layer's output with transformers' own SDPA function (the output is what SDPA
+gives, bit for bit), and then calls the *family's own* ``eager_attention_forward`` (the module-level function in
+the family's modeling file, with its GQA, sinks, soft-capping and scaling) on the selected query rows only,
+with the mask rows SDPA got turned into the additive mask eager would get. Masks are built by transformers'
+``sdpa_mask`` for this name, so sliding windows and padding are exactly the model's. Outside a trace the model
+runs plain SDPA.
+
+:func:`check_rows` (first use per model) compares the rows with eager probabilities of a probe batch and the
+output with a plain SDPA forward; when either differs, reading the pattern is refused with the reason.
+"""
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Callable
+
+import torch
+
+NAME = "routerlens_sdpa"
+_REQUESTS: dict[int, list[Callable]] = {}  # id(attention module) → callbacks of the readers of its rows
+_registered = False
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import AttentionInterface
+
+    AttentionInterface.register(NAME, _rows_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)  # the very masks SDPA gets
+    _registered = True
+
+
+def _rows_attention(module, query, key, value, attention_mask, **kwargs):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    for cb in list(_REQUESTS.get(id(module), ())):
+        cb(module, query, key, value, attention_mask, kwargs)
+    return out
+
+
+def attention_modules(lm) -> dict[int, torch.nn.Module]:
+    """``{layer: attention module}`` of the layers with softmax attention."""
+    return {l: lm.spec.attention(lm.hf, l) for l in lm.spec.attention_layers}
+
+
+def _configs(lm) -> list:
+    mods = []
+    for l in lm.spec.attention_layers:
+        try:
+            mods.append(lm.spec.attention(lm.hf, l))
+        except AttributeError:  # a layer without the attention attribute (probed and dropped later)
+            pass
+    cfgs = {id(c): c for c in (getattr(m, "config", None) for m in mods) if c is not None}
+    return list(cfgs.values()) or [lm.hf.config]
+
+
+def implementation(lm) -> str:
+    """The attention implementation the model's attention layers run (``"sdpa"``, ``"eager"``, ...)."""
+    impl = getattr(_configs(lm)[0], "_attn_implementation", None) or "eager"
+    return "sdpa" if impl == NAME else impl
+
+
+@contextmanager
+def use_implementation(lm, impl: str):
+    """Run the attention layers (and their masks) with ``impl`` while the block runs; restored on exit."""
+    _register()
+    cfgs = _configs(lm)
+    saved = [(c, c._attn_implementation) for c in cfgs]
+    try:
+        for c in cfgs:
+            c._attn_implementation = impl
+        yield
+    finally:
+        for c, v in reversed(saved):
+            c._attn_implementation = v
+
+
+class RowsRequest:
+    """Handle of one attention module's rows callback; the configs name :data:`NAME` while any is held."""
+
+    _users: dict[int, list] = {}  # id(lm.hf) → [count, use_implementation context]
+
+    def __init__(self, lm, module, callback: Callable):
+        _register()
+        self.key, self.module, self.callback = id(lm.hf), module, callback
+        state = self._users.setdefault(self.key, [0, None])
+        if state[0] == 0:
+            ctx = use_implementation(lm, NAME)
+            ctx.__enter__()
+            state[1] = ctx
+        state[0] += 1
+        _REQUESTS.setdefault(id(module), []).append(callback)
+
+    def remove(self) -> None:
+        if self.callback is None:
+            return
+        lst = _REQUESTS.get(id(self.module), [])
+        if self.callback in lst:
+            lst.remove(self.callback)
+        if not lst:
+            _REQUESTS.pop(id(self.module), None)
+        self.callback = None
+        state = self._users.get(self.key)
+        if state is not None:
+            state[0] -= 1
+            if state[0] == 0:
+                self._users.pop(self.key)
+                state[1].__exit__(None, None, None)
+
+
+def eager_function(module) -> Callable:
+    """The family's own ``eager_attention_forward`` (module-level in its modeling file)."""
+    fn = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if fn is None:
+        raise ValueError(f"{type(module).__name__}'s modeling file ({type(module).__module__}) has no "
+                         f"eager_attention_forward to compute attention rows with; load the model with "
+                         f"attn_implementation='eager'")
+    return fn
+
+
+def _row_mask(mask, r: torch.Tensor, t_q: int, t_k: int, dtype, device) -> torch.Tensor:
+    """The additive ``[B, 1|H, R, T_k]`` mask eager attention would get for query rows ``r`` ``[B, R]``."""
+    lo = torch.finfo(dtype).min
+    B, R = r.shape
+    if mask is None:  # SDPA's is_causal: plain causal (lower-right aligned, as eager masks are)
+        allowed = torch.arange(t_k, device=device)[None, None, :] <= (r + (t_k - t_q))[:, :, None]
+        return torch.where(allowed[:, None], torch.zeros((), dtype=dtype, device=device), lo)
+    m = mask.expand(B, mask.shape[1], t_q, mask.shape[-1])
+    m = m.gather(2, r[:, None, :, None].to(m.device).expand(B, m.shape[1], R, m.shape[-1]))
+    if m.dtype == torch.bool:
+        return torch.where(m, torch.zeros((), dtype=dtype, device=m.device), lo)
+    return m
+
+
+def rows_probs(module, query, key, value, attention_mask, kwargs: dict,
+               rows: torch.Tensor | None) -> torch.Tensor:
+    """Attention probabilities of the chosen query rows, by the family's eager function.
+
+    Args:
+        query: ``[B, H, T_q, d]``; key/value ``[B, H_kv, T_k, d]`` as the attention function got them.
+        rows: ``[B]`` or ``[B, R]`` query positions, or None for every row.
+
+    Returns ``[B, H, R, T_k]`` (``R = T_q`` for None).
+    """
+    B, H, t_q, d = query.shape
+    if rows is None:
+        r = torch.arange(t_q, device=query.device).expand(B, t_q)
+        q = query
+    else:
+        r = rows.to(query.device).long().reshape(B, -1)
+        q = query.gather(2, r[:, None, :, None].expand(B, H, r.shape[1], d))
+    mask = _row_mask(attention_mask, r, t_q, key.shape[-2], query.dtype, query.device)
+    kw = {**kwargs, "dropout": 0.0}
+    _, w = eager_function(module)(module, q, key, value, mask, **kw)
+    return w
+
+
+def gather_rows(probs: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """``[B, H, T, T]`` full probabilities → ``[B, H, R, T]`` at ``rows`` (``[B]`` or ``[B, R]``; None: all)."""
+    if rows is None:
+        return probs
+    B, H, _, t_k = probs.shape
+    r = rows.to(probs.device).long().reshape(B, -1)
+    return probs.gather(2, r[:, None, :, None].expand(B, H, r.shape[1], t_k))
+
+
+def _probe(lm):
+    g = torch.Generator().manual_seed(0)
+    vocab = int(getattr(lm.hf.config, "vocab_size", None) or lm.hf.get_input_embeddings().num_embeddings)
+    ids = torch.randint(min(3, vocab - 1), vocab, (2, 16), generator=g).to(lm.device)
+    am = torch.ones_like(ids)
+    am[1, -5:] = 0  # right padding: the padding part of the mask is exercised too
+    return ids, am
+
+
+@torch.no_grad()
+def check_rows(lm) -> str | None:
+    """Once per model: the rows equal eager probabilities on a probe batch (every layer, every row) and the
+    output equals a plain SDPA forward. Returns and keeps (``lm.hooks.rows_refused``) None or the reason."""
+    hooks = lm.hooks
+    if hooks.rows_checked:
+        return hooks.rows_refused
+    mods = attention_modules(lm)
+    ids, am = _probe(lm)
+    was = lm.hf.training
+    lm.hf.eval()
+    reason = None
+    try:
+        plain = lm.hf(input_ids=ids, attention_mask=am).logits
+        ref: dict[int, torch.Tensor] = {}
+        handles = [m.register_forward_hook(
+            lambda mod, a, out, l=l: ref.__setitem__(l, out[1] if isinstance(out, tuple) and len(out) > 1 else None))
+            for l, m in mods.items()]
+        try:
+            with use_implementation(lm, "eager"):
+                lm.hf(input_ids=ids, attention_mask=am)
+        finally:
+            for h in handles:
+                h.remove()
+        got: dict[int, torch.Tensor] = {}
+        reqs = [RowsRequest(lm, m, lambda mod, q, k, v, msk, kw, l=l: got.__setitem__(
+            l, rows_probs(mod, q, k, v, msk, kw, None))) for l, m in mods.items()]
+        try:
+            ours = lm.hf(input_ids=ids, attention_mask=am).logits
+        finally:
+            for r in reqs:
+                r.remove()
+        reason = _compare(mods, ref, got, plain, ours, am.bool())
+    except Exception as err:  # any failure of the rows path: no rows rather than wrong ones
+        reason = f"computing attention rows failed on a probe batch ({type(err).__name__}: {err})"
+    finally:
+        lm.hf.train(was)
+    hooks.rows_refused, hooks.rows_checked = reason, True
+    return reason
+
+
+def _compare(mods, ref, got, plain, ours, real: torch.Tensor) -> str | None:
+    """``real`` ``[B, T]``: the query rows of real tokens (padding rows are garbage in either implementation:
+    a sliding window over padding alone masks every key)."""
+    if not torch.equal(plain, ours):
+        return "computing the rows changed the model's output (its attention does not go through the SDPA function)"
+    tol = 1e-5 if plain.dtype == torch.float32 else 2e-2
+    for l, m in mods.items():
+        if l not in got:
+            return f"layer {l}: {type(m).__name__} did not call the attention interface"
+        e, g = ref.get(l), got[l]
+        if not isinstance(e, torch.Tensor) or e.shape != g.shape:
+            return (f"layer {l}: rows of shape {tuple(g.shape)} vs eager probabilities "
+                    f"{tuple(getattr(e, 'shape', ()))}")
+        e, g = e.float()[:, :, :real.shape[1]], g.float()[:, :, :real.shape[1]]
+        keep = real.to(e.device)[:, None, :, None].expand_as(e)
+        e, g = e[keep], g[keep]
+        if bool((g[e == 0] != 0).any()):
+            return f"layer {l}: the rows give weight to keys eager attention masks (sliding window or padding)"
+        if not torch.allclose(g, e, rtol=0, atol=tol):
+            return f"layer {l}: rows differ from eager probabilities by {(g - e).abs().max().item():.3g}"
+    return None
