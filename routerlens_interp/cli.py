@@ -22,6 +22,81 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# --- numbers at the boundary: argparse turns an ArgumentTypeError into a usage line and exit 2 -----
+def _int_at_least(lo: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {what}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(f"{v} is too small; give {what}")
+        return v
+    parse.__name__ = "integer"
+    return parse
+
+
+positive_int = _int_at_least(1, "an integer >= 1")
+non_negative_int = _int_at_least(0, "an integer >= 0")
+
+
+def seed_int(text: str) -> int:
+    v = non_negative_int(text)
+    if v >= 2 ** 32:  # NumPy's seed range
+        raise argparse.ArgumentTypeError(f"{v} is too large; give a seed in [0, 2**32)")
+    return v
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number > 0") from None
+    if not (v > 0 and v != float("inf")):  # also rejects nan
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a finite number > 0")
+    return v
+
+
+def probability(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number in (0, 1]") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number in (0, 1]")
+    return v
+
+
+positive_float.__name__ = seed_int.__name__ = "number"
+probability.__name__ = "probability"
+
+
+def _out_file(path: str | None, flag: str = "--out", example: str = "out.json") -> None:
+    """Refuse before any work when a file is to be written where a directory stands (or under a file)."""
+    if path is None:
+        return
+    from .errors import UserError
+
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file path (e.g. {p / example})")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
+
+
+def _out_dir(path: str | None, flag: str = "--out") -> None:
+    """Refuse before any work when a directory is to be written where a file stands."""
+    if path is None:
+        return
+    from .errors import UserError
+
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{flag} {path} is a file; {flag} names a directory: give a new or existing directory")
+    if any(q.exists() and not q.is_dir() for q in p.parents):
+        raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
+
+
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, threads_default=None) -> None:
     if model:
         p.add_argument("--model", default="toy", help="'toy' (bundled), a hub id or a local directory (default: toy)")
@@ -30,25 +105,88 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
         p.add_argument("--data", required=True, help="toy-open, toy-conflict, toy-memory, squad, nq-swap, confiqa, "
                                                      "nq, hotpotqa, or a local JSON/JSONL file")
         p.add_argument("--split", default=None, help="data split (default: test for evaluation, train for training)")
-        p.add_argument("--limit", type=int, default=None, help="use only the first N examples")
-    p.add_argument("--seed", type=int, default=826, help="random seed (default: 826, the paper's)")
+        p.add_argument("--limit", type=positive_int, default=None, help="use only the first N examples")
+    p.add_argument("--seed", type=seed_int, default=826, help="random seed (default: 826, the paper's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--threads", type=int, default=threads_default,
+    p.add_argument("--threads", type=positive_int, default=threads_default,
                    help="torch CPU threads (default: %(default)s; None = torch's own). One thread is fastest for "
                         "small models on busy cores")
 
 
-def _load(args):
+def _check_device(device: str | None) -> None:
+    import torch
+
+    from .errors import UserError
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r} is not a device name; give cpu, cuda, cuda:1, mps ...") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: CUDA is not available here (no GPU or a CPU-only torch); "
+                            "use --device cpu") from None
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def load_model(name: str, device: str | None = None):
+    """``rl.load`` with the errors a user causes (no such model, no network, a damaged or incomplete
+    model directory) turned into :class:`UserError`\ s that say which and what to do."""
     import routerlens_interp as rl
 
+    from .errors import UserError
+    from .prompts import check_tokenizer
+
+    _check_device(device)
+    local = name == "toy" or Path(name).expanduser().is_dir()
+    try:
+        lm = rl.load(name, device=device)
+    except UserError:
+        raise
+    except (OSError, ValueError) as err:
+        if isinstance(err, FileNotFoundError) and name == "toy":
+            raise
+        if not local and not Path(name).expanduser().exists():
+            raise UserError(f"--model {name!r} is not a local directory and not a model on the hub (or no "
+                            f"network: {_first_line(err)}); give a directory written by save_pretrained, a hub "
+                            "id such as allenai/OLMoE-1B-7B-0924-Instruct, or 'toy'") from err
+        if not local:
+            raise UserError(f"--model {name!r} is a file; give the model's directory (config.json + weights), "
+                            "a hub id, or 'toy'") from err
+        if "does not appear to have" in str(err) or "Unrecognized model" in str(err):
+            raise UserError(f"--model {name}: not a model directory ({_first_line(err)}); give a directory "
+                            "written by save_pretrained (config.json + weights + tokenizer files)") from err
+        raise
+    except Exception as err:
+        from safetensors import SafetensorError
+
+        if isinstance(err, SafetensorError):
+            raise UserError(f"--model {name}: a weights file is damaged ({err}); re-download or re-save the "
+                            "model") from err
+        raise
+    check_tokenizer(lm.tokenizer, name)
+    return lm
+
+
+def _load(args):
     seed_everything(args.seed)
-    return rl.load(args.model, device=args.device)
+    return load_model(args.model, device=args.device)
 
 
 def _data(args, default_split: str, lm=None):
     import routerlens_interp as rl
+    from routerlens_interp.prompts import check_examples
 
-    return rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
+    data = rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
+    if lm is not None:  # every record, before a long run: name the bad one now, not after an hour
+        check_examples(lm, data, with_answer=True)
+    return data
 
 
 def _adapter(args):
@@ -81,6 +219,7 @@ def _emit(args, obj: dict, human: str) -> None:
 def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
+    _out_file(args.predictions, "--predictions", "predictions.jsonl")
     lm = _load(args)
     data = _data(args, "test", lm)
     with ExitStack() as stack:
@@ -98,6 +237,7 @@ def cmd_evaluate(args) -> None:
 def cmd_count(args) -> None:
     import routerlens_interp as rl
 
+    _out_file(args.out, example="counts.safetensors")
     lm = _load(args)
     data = _data(args, "train", lm)
     with ExitStack() as stack:
@@ -111,6 +251,7 @@ def cmd_count(args) -> None:
 def cmd_select(args) -> None:
     import routerlens_interp as rl
 
+    _out_file(args.out, example="experts.json")
     counts = rl.ExpertCounts.load(args.counts)
     base = rl.ExpertCounts.load(args.baseline) if args.baseline else None
     method = args.method or ("ratio" if base is not None else "count")
@@ -122,18 +263,23 @@ def cmd_select(args) -> None:
 
 def _train(args, method: str) -> None:
     import routerlens_interp as rl
+    from routerlens_interp.prompts import check_examples
 
+    _out_dir(args.out)
     lm = _load(args)
     train = _data(args, "train", lm)
     if args.dev:
         dev = rl.load_dataset(args.dev, split=args.dev_split, lm=lm)
+        check_examples(lm, dev, with_answer=True)
     elif Path(args.data).exists():  # one local file: hold out its last 10 % as dev
         cut = max(1, len(train) // 10)
         train, dev = train[:-cut], train[-cut:]
     else:
         dev = rl.load_dataset(args.data, split=args.dev_split, lm=lm)
+        check_examples(lm, dev, with_answer=True)
     cfg = dict(out_dir=args.out, resume=args.resume, progress=True, seed=args.seed, epochs=args.epochs, lr=args.lr,
-               batch_size=args.batch_size, max_steps=args.max_steps, fsdp=args.fsdp or None)
+               batch_size=args.batch_size, max_steps=args.max_steps, fsdp=args.fsdp or None,
+               gradient_checkpointing=args.gradient_checkpointing or None, precision=args.precision)
     cfg = {k: v for k, v in cfg.items() if v is not None}
     if method == "router":
         ad = rl.tune_router(lm, train, dev, **cfg)
@@ -151,11 +297,14 @@ def cmd_analyze(args) -> None:
     import routerlens_interp as rl
     from routerlens_interp.report import write_analysis
 
+    _out_dir(args.out)
     lm = _load(args)
     data = _data(args, "test", lm)
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
     res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=not args.no_png)
-    _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}")
+    skipped = (f"; AAG over {res['n'] - res['n_skipped_aag']} of {res['n']} examples ({res['n_skipped_aag']} "
+               "skipped: answer not in their context)") if res["n_skipped_aag"] else ""
+    _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}{skipped}")
 
 
 def cmd_knockout(args) -> None:
@@ -182,6 +331,7 @@ def cmd_knockout(args) -> None:
 def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
+    _out_dir(args.out)
     seed_everything(args.seed)
     report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png, model=args.model)
     if args.json:
@@ -212,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     e.add_argument("--mask", help="experts.json to mask")
     e.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
-    e.add_argument("--max-new-tokens", type=int, default=32)
-    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-new-tokens", type=positive_int, default=32)
+    e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--predictions", help="write predictions as JSONL here")
     e.set_defaults(func=cmd_evaluate)
 
@@ -224,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask", help="experts.json to mask")
     c.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer"])
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--batch-size", type=positive_int, default=8)
     c.add_argument("--out", required=True, help="counts file to write (e.g. counts.safetensors)")
     c.set_defaults(func=cmd_count)
 
@@ -232,10 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(s, data=False, model=False)
     s.add_argument("--counts", required=True)
     s.add_argument("--baseline", help="counts of the base model (enables --method ratio)")
-    s.add_argument("--n", type=int, default=8, help="experts per layer (default 8)")
-    s.add_argument("--method", choices=["count", "ratio", "gate", "token"], default=None,
-                   help="count (paper), ratio (tuned/base), gate or token (ESFT); default count, ratio with --baseline")
-    s.add_argument("--top-p", type=float, default=None, help="cumulative score threshold instead of --n")
+    s.add_argument("--n", type=positive_int, default=8, help="experts per layer (default 8)")
+    s.add_argument("--method", choices=["count", "ratio", "gate", "token", "softmax_mass"], default=None,
+                   help="count (paper), ratio (tuned/base), gate or token (ESFT), softmax_mass (mean full-softmax "
+                        "probability); default count, ratio with --baseline")
+    s.add_argument("--top-p", type=probability, default=None,
+                   help="cumulative score threshold in (0, 1] instead of --n (gate/token: ESFT's raw scores)")
     s.add_argument("--out", required=True, help="experts.json")
     s.set_defaults(func=cmd_select)
 
@@ -251,14 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
                            help="train only parameters whose name matches (e.g. self_attn): where does a skill live?")
         t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
         t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
-        t.add_argument("--epochs", type=int, default=None)
-        t.add_argument("--lr", type=float, default=None)
-        t.add_argument("--batch-size", type=int, default=None)
-        t.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+        t.add_argument("--epochs", type=positive_int, default=None)
+        t.add_argument("--lr", type=positive_float, default=None)
+        t.add_argument("--batch-size", type=positive_int, default=None)
+        t.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
         t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
         t.add_argument("--fsdp", action="store_true",
                        help="with several processes (torchrun / accelerate launch), shard parameters, gradients "
                             "and optimizer state over them (FSDP) instead of one model copy each (DDP)")
+        t.add_argument("--gradient-checkpointing", action="store_true",
+                       help="recompute each layer's activations in backward (less memory, ~1 more forward of time)")
+        t.add_argument("--precision", choices=("fp32", "bf16"), default=None,
+                       help="bf16: forward under bf16 autocast, trained tensors kept as fp32 master weights "
+                            "(default: fp32)")
         t.add_argument("--out", required=True, help="output directory (checkpoints + adapter)")
         t.set_defaults(func=lambda a, m=method: _train(a, m))
 
@@ -268,7 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--adapter", help="adapter directory (the tuned model)")
     a.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     g.add_argument("--mask", help="experts.json: analyse what masking them does")
-    a.add_argument("--layer", type=int, default=None, help="layer for the per-token attention figure")
+    a.add_argument("--layer", type=non_negative_int, default=None, help="layer for the per-token attention figure")
     a.add_argument("--no-png", action="store_true")
     a.add_argument("--out", required=True)
     a.set_defaults(func=cmd_analyze)
@@ -285,21 +442,94 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        import torch
+def _first_line(err: BaseException) -> str:
+    return next((l.strip() for l in str(err).splitlines() if l.strip()), type(err).__name__)
 
-        torch.set_num_threads(args.threads)
+
+def _one_line(text: str) -> str:
+    """Join a multi-line message into one line (``a:`` + ``b`` → ``a: b``; other lines with ``; ``)."""
+    out = ""
+    for part in (l.strip() for l in text.splitlines()):
+        if part:
+            out = part if not out else out + (" " if out.endswith(":") else "; ") + part
+    return out
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that bad input or the machine's state cause (not bugs): one line, exit 2.
+
+    ValueError covers UserError, JSON and text-encoding errors and the hub's id validation; OSError
+    covers missing files, directories where files belong, a full disk, permissions and the hub's
+    not-found / no-network errors; SafetensorError a damaged tensor file."""
+    from safetensors import SafetensorError
+
+    return ValueError, OSError, KeyError, NotImplementedError, SafetensorError
+
+
+def describe_error(err: BaseException) -> str:
+    """The CLI's one-line text for a user error: the problem, then the fix."""
+    import errno
+
+    from .errors import UserError
+
+    if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None and err.filename:
+        f = err.filename
+        fixes = {errno.ENOSPC: f"no space left on the device while writing {f}; free some space or write elsewhere",
+                 errno.EDQUOT: f"disk quota exceeded while writing {f}; free some space or write elsewhere",
+                 errno.EISDIR: f"{f} is a directory; give a file path",
+                 errno.ENOTDIR: f"{f}: a part of this path is a file, not a directory; choose another path",
+                 errno.EACCES: f"permission denied: {f}; choose a path you can read or write",
+                 errno.EPERM: f"operation not permitted: {f}; choose a path you can read or write",
+                 errno.EROFS: f"{f} is on a read-only file system; write elsewhere",
+                 errno.ENOENT: f"no such file or directory: {f}; check the path"}
+        if err.errno in fixes:
+            return fixes[err.errno]
+    if isinstance(err, KeyError) and err.args:
+        return _one_line(str(err.args[0]))
+    if isinstance(err, UnicodeDecodeError):
+        return f"{err}; save the file as UTF-8"
+    text = _one_line(str(err)) or type(err).__name__
+    if type(err).__module__.startswith("safetensors"):
+        return f"a safetensors file is damaged or not a safetensors file ({text}); re-create it"
+    return text
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` before or after the subcommand (also on subcommands registered by other modules)."""
+    help_ = "show the full traceback instead of a one-line error"
+    parser.add_argument("--debug", action="store_true", help=help_)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sp in action.choices.values():
+                if "--debug" not in sp._option_string_actions:
+                    # SUPPRESS: a subcommand's default must not overwrite a --debug given before it
+                    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=help_)
+
+
+def main(argv: list[str] | None = None) -> int:
     from .errors import TrainingInterrupted
 
+    parser = build_parser()
+    _add_debug(parser)
+    args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
         args.func(args)
-    except TrainingInterrupted as e:
+    except TrainingInterrupted as e:  # a checkpoint was written: say how to continue (exit 130 / 143)
         print(f"interrupted at step {e.step}; continue with --resume", file=sys.stderr)
         return e.exit_code
-    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as e:
-        print(f"routerlens {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"routerlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if args.debug:
+            raise
+        print(f"routerlens {args.command}: error: {describe_error(e)}", file=sys.stderr)
         return 2
     return 0
 

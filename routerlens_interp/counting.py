@@ -138,6 +138,8 @@ def count_experts(lm, examples, span: str = "all", with_answer: bool = True, bat
 
     if span not in ("all", "prompt", "context", "question", "answer"):
         raise ValueError(f"unknown span {span!r}; use all, prompt, context, question or answer")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch_size must be an integer >= 1; got {batch_size!r}")
     encoded = encode_inputs(lm, examples, with_answer=with_answer)
     n_tokens = 0
     was_training = lm.hf.training

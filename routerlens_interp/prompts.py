@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .errors import UserError
 from .examples import QAExample
 from .templates import OPEN_BOOK, PLAIN_SUFFIX, plain_target, prompt_body
 
@@ -108,8 +109,12 @@ def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length:
         if max_length is None or total <= max_length:
             break
         if not ex.context:
-            raise ValueError(f"the prompt is {total} tokens even without its context, longer than the model's "
-                             f"window of {max_length}; shorten the question")
+            if with_answer and len(ids) <= max_length:  # the question fits: the answer is what does not
+                raise UserError(f"the gold answer is {len(ans_ids)} tokens (+ EOS); after the {len(ids)}-token "
+                                f"prompt it does not fit the model's window of {max_length} even without the "
+                                f"context; shorten the answer")
+            raise UserError(f"the prompt is {len(ids)} tokens even without its context, longer than the model's "
+                            f"window of {max_length}; shorten the question")
         excess = total - max_length
         ctx_tok = _positions(offsets, ctx_start, ctx_start + len(ex.context))
         keep = max(len(ctx_tok) - excess - 1, 0)
@@ -124,6 +129,9 @@ def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length:
     ans_ctx: list[int] = []
     for a, b in answer_occurrences(ex.context, example.answers):
         ans_ctx.extend(_positions(offsets, ctx_start + a, ctx_start + b))
+    if not ids:
+        raise UserError("the tokenizer turned the prompt into no tokens (a model directory without tokenizer "
+                        "files?); save the base model's tokenizer into it (tokenizer.save_pretrained(DIR))")
     prompt_len = len(ids)
     if with_answer:
         eos = tokenizer.eos_token_id
@@ -153,3 +161,51 @@ def pad_batch(encoded: list[Encoded], pad_id: int, side: str = "right") -> dict[
         mask[b, o:o + n] = 1
         offsets[b] = o
     return {"input_ids": ids, "attention_mask": mask, "offsets": offsets}
+
+
+def check_tokenizer(tokenizer, where: str = "the model") -> None:
+    """Refuse a tokenizer that cannot encode text (e.g. a model directory saved without its tokenizer
+    files gets an empty stand-in that encodes everything to no tokens)."""
+    probe = "Context:\nAlice was born in Paris.\n\nQuestion:\nWhere was Alice born?"
+    try:
+        ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    except Exception as err:  # any failure here is the tokenizer files' fault, not the user's text
+        raise UserError(f"{where}: its tokenizer cannot encode text ({type(err).__name__}: {err}); save the base "
+                        "model's tokenizer into the model directory (tokenizer.save_pretrained(DIR))") from err
+    if len(ids) == 0 or len(tokenizer) < 3:
+        raise UserError(f"{where}: no usable tokenizer ({len(tokenizer)} tokens, encodes text to {len(ids)}); the "
+                        "directory lacks tokenizer files (tokenizer.json / tokenizer_config.json): save the base "
+                        "model's tokenizer into it (tokenizer.save_pretrained(DIR))")
+
+
+def describe_example(example: QAExample, index: int) -> str:
+    """``file, record i (id x)`` for a loaded example, or ``example i (id x)``."""
+    src, rec = example.meta.get("source"), example.meta.get("record")
+    where = f"{src}, record {rec}" if src and rec is not None else f"{src + ', ' if src else ''}example {index}"
+    return where + (f" (id {example.id})" if example.id is not None and str(example.id) != str(rec) else "")
+
+
+def check_examples(lm, examples, with_answer: bool = True) -> None:
+    """Encode every example once, before a long run, and refuse the first that cannot be used.
+
+    Raises :class:`UserError` naming the file, record index and id and what is wrong: an empty
+    question, an empty answer, or a prompt (+ answer) that does not fit ``lm.window``. Costs one
+    tokenization per example (no forward pass).
+    """
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, QAExample):
+            continue
+        problem = None
+        if not ex.question.strip():
+            problem = "the question is empty"
+        elif not all(a.strip() for a in ex.answers):
+            problem = f"a gold answer is empty ({ex.answers!r})"
+        else:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # truncation is allowed; its warning comes with the run
+                    lm.encode(ex, with_answer=with_answer)
+            except (ValueError, IndexError) as err:
+                problem = str(err)
+        if problem:
+            raise UserError(f"{describe_example(ex, i)}: {problem}; fix or remove that record")

@@ -53,32 +53,49 @@ def _first(rec: Mapping, *keys):
     return None
 
 
-def _answer_list(value) -> list[str]:
-    """str | list[str] | {"text": [...]} | list of {"text": ...} → de-duplicated non-empty strings."""
+def _kind(value) -> str:
+    return f"{type(value).__name__} ({str(value)[:40]!r})" if not isinstance(value, (Mapping, list)) \
+        else type(value).__name__
+
+
+def _answer_list(value, field: str = "answer") -> list[str]:
+    """str | list[str] | {"text": [...]} | list of {"text": ...} → de-duplicated non-empty strings.
+
+    ValueError for anything else (a number, a nested list, an object without ``text``): a gold answer
+    is text, and ``str()`` of another type would be scored silently."""
     if value is None:
         return []
     if isinstance(value, Mapping):
-        value = value.get("text", [])
-    if isinstance(value, (str, int, float)):
+        if "text" not in value:
+            raise ValueError(f"{field} is an object without 'text' (keys {sorted(value)}); give a string, a list of "
+                             f"strings or {{\"text\": [...]}}")
+        value = value["text"]
+    if isinstance(value, str):
         value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{field} is a {_kind(value)}, not a string or a list of strings; write it as a string")
     out = []
     for v in value:
         if isinstance(v, Mapping):
             v = v.get("text")
         if v is None:
             continue
-        v = str(v).strip()
+        if not isinstance(v, str):
+            raise ValueError(f"{field} holds a {_kind(v)}, not a string; write every answer as a string")
+        v = v.strip()
         if v and v not in out:
             out.append(v)
     return out
 
 
-def _text(value) -> str:
+def _text(value, field: str = "text") -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)):
-        return " ".join(str(v) for v in value)
-    return str(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return " ".join(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{field} is a {_kind(value)}, not a string; write it as a string")
+    return value
 
 
 def _rec_id(rec: Mapping, index: int, *keys) -> str:
@@ -174,15 +191,15 @@ def _missing(rec: Mapping, fmt: str, *needed: str | tuple) -> None:
 # --- conversion -------------------------------------------------------------------------------
 def _canonical(rec: Mapping, index: int) -> QAExample | None:
     _missing(rec, "canonical", "context", "question", ("answer", "answers"))
-    answers = _answer_list(rec["answer"] if "answer" in rec else rec["answers"])
-    mem = _answer_list(rec.get("memory_answer"))
+    answers = _answer_list(rec["answer"], "answer") if "answer" in rec else _answer_list(rec["answers"], "answers")
+    mem = _answer_list(rec.get("memory_answer"), "memory_answer")
     meta = dict(rec["meta"]) if isinstance(rec.get("meta"), Mapping) else {}
     if len(mem) > 1:
         meta["memory_answers"] = mem
     if not answers:
         return None
-    return QAExample(context=_text(rec["context"]), question=_text(rec["question"]), answers=answers,
-                     memory_answer=mem[0] if mem else None, id=_rec_id(rec, index), meta=meta)
+    return QAExample(context=_text(rec["context"], "context"), question=_text(rec["question"], "question"),
+                     answers=answers, memory_answer=mem[0] if mem else None, id=_rec_id(rec, index), meta=meta)
 
 
 def _squad(rec: Mapping, index: int) -> QAExample | None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import UserError
 from ..examples import QAExample
 from .formats import (describe_formats, flatten_mrqa_nested, flatten_squad_nested, is_mrqa_nested,
                       is_squad_nested, normalize_format, record_to_example, records_format)
@@ -18,6 +19,10 @@ __all__ = ["load_dataset", "read_records", "records_to_examples", "HubSpec", "HU
            "SINGLE_SPLIT_FRACTIONS", "CONFIQA_URL", "accepted_names"]
 
 log = logging.getLogger(__name__)
+
+
+class HubDataUnavailable(UserError, RuntimeError):
+    """A named data set could not be fetched from the hub (offline, unknown, gated); a local file works."""
 
 TOY_NAMES = ("toy-open", "toy-conflict", "toy-memory", "toy2-open", "toy2-conflict", "toy2-memory")
 
@@ -77,7 +82,12 @@ def accepted_names() -> str:
 def read_records(path: str | Path) -> list:
     """Raw records of a JSON file (a list, ``{"data": [...]}``, or nested SQuAD v1.1) or a JSONL file."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = p.read_bytes()[:err.start].count(b"\n") + 1
+        raise UserError(f"{p} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}, line "
+                        f"{line}); save it as UTF-8") from None
     if p.suffix.lower() in (".jsonl", ".ndjson"):
         return _jsonl(text, p)
     try:
@@ -85,7 +95,8 @@ def read_records(path: str | Path) -> list:
     except json.JSONDecodeError as err:
         if "Extra data" in str(err):  # a .json file holding one object per line
             return _jsonl(text, p)
-        raise ValueError(f"{p} is not valid JSON: {err}") from None
+        raise UserError(f"{p} is not valid JSON ({err}); fix the file (one JSON list, or one object per line)") \
+            from None
     if isinstance(obj, list):
         return obj
     if is_squad_nested(obj):
@@ -104,7 +115,7 @@ def _jsonl(text: str, p: Path) -> list:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{p}, line {i}: not valid JSON ({err})") from None
+                raise UserError(f"{p}, line {i}: not valid JSON ({err}); fix or remove that line") from None
     return rows
 
 
@@ -130,12 +141,13 @@ def records_to_examples(records, format: str | None = None, source: str = "") ->
             ex = record_to_example(rec, fmt, i)
         except ValueError as err:
             where = f"{source}: " if source else ""
-            raise ValueError(f"{where}record {i}: {err}") from None
+            raise UserError(f"{where}record {i}: {err}") from None
         if ex is None:
             skipped += 1
             continue
         if source and "source" not in ex.meta:
             ex.meta["source"] = source
+        ex.meta.setdefault("record", i)  # position in the file: error messages name the record
         out.append(ex)
     if skipped:
         _report(f"{source or 'data'}: skipped {skipped} of {len(records)} records without a gold answer")
@@ -169,8 +181,9 @@ def _load_hub(name: str, spec: HubSpec, split: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(*args, **kwargs)
     except Exception as err:  # offline, unknown repo, gated, …
-        raise RuntimeError(f"could not load {name!r} from the hub ({where}, split {hub_split!r}) (offline?); "
-                           f"pass a local file path instead. Cause: {type(err).__name__}: {err}") from err
+        cause = next((l.strip() for l in str(err).splitlines() if l.strip()), "")
+        raise HubDataUnavailable(f"could not load {name!r} from the hub ({where}, split {hub_split!r}) (offline?): "
+                                 f"{type(err).__name__}: {cause}; pass a local file path instead") from err
     if spec.subset is not None and "subset" in getattr(ds, "column_names", []):
         ds = ds.filter(lambda s: s == spec.subset, input_columns="subset")
     rows = [dict(r) for r in ds]
@@ -249,7 +262,8 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "test", limit: in
 
     Raises:
         ValueError: unknown name, missing file, or records matching no form (the message lists what
-            is accepted). RuntimeError: a hub data set could not be fetched.
+            is accepted); :class:`~routerlens_interp.errors.UserError` (a ValueError) names the file and record.
+        HubDataUnavailable (a UserError and a RuntimeError): a hub data set could not be fetched.
     """
     if max_tokens is not None and lm is None:
         raise ValueError("max_tokens needs lm= (the model handle whose tokenizer counts the tokens)")
