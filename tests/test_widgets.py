@@ -119,37 +119,133 @@ def test_invalid_selection_reports_error(tiny_lm):
     assert bad.run_preset("dense")["error"]
 
 
-def test_widget_driven_by_values(tiny_lm):
-    ipywidgets = pytest.importorskip("ipywidgets")
+def _click(fig, trace: int, points: list[int], event: str = "plotly_click") -> None:
+    """Deliver the message plotly.js sends on a click / box selection to a FigureWidget."""
+    fig._js2py_pointsCallback = {
+        "event_type": event, "device_state": None, "selector": None,
+        "points": {"trace_indexes": [trace] * len(points), "point_indexes": list(points),
+                   "xs": [0] * len(points), "ys": [0] * len(points)}}
+
+
+def test_board_clicks_drive_the_one_state(tiny_lm):
+    pytest.importorskip("anywidget")
     panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
-    ui = panel.widget()
-    assert isinstance(ui, ipywidgets.VBox)
-    c = panel.controls
-    assert set(c) == {"preset", "mode", *tiny_lm.spec.moe_layers}
-    assert panel.result["preset"] == "none" and "Answer" in panel._ui["status"].value
+    panel.widget()
+    c, E, layers = panel.controls, tiny_lm.spec.n_experts, list(tiny_lm.spec.moe_layers)
+    board = c["board"]
+    assert len(board.data[0].x) == len(layers) * E and list(board.data[1].x) == []
+    ref = panel.result["p_answer"]
+    assert panel.result["preset"] == "none" and f"{ref:.4f}" in c["status"].value
 
-    c["preset"].value = "A"  # choosing a preset fills the pickers and recomputes once
-    assert panel.result["preset"] == "A" and panel.result["experts"] == PRESETS["A"]
-    assert all(c[l].value == tuple(PRESETS["A"].get(l, [])) for l in tiny_lm.spec.moe_layers)
-    p, _, _ = direct(tiny_lm, EX, PRESETS["A"])
-    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5)
-    assert f"{p:.4f}" in panel._ui["status"].value
+    _click(board, 0, [1 * E + 5])  # row 1 = second MoE layer, expert 5
+    assert panel.experts == {layers[1]: [5]} and c["preset"].value == "(custom)"
+    assert list(board.data[1].x) == [5] and list(board.data[1].y) == [1]
+    p, _, _ = direct(tiny_lm, EX, {layers[1]: [5]})
+    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5) and f"{p:.4f}" in c["status"].value
 
-    c[2].value = (4,)  # editing one layer makes the selection custom
-    assert c["preset"].value == "(custom)" and panel.result["experts"] == {0: [0, 1, 2, 3], 1: [4, 5, 6], 2: [4]}
+    _click(board, 0, [0 * E + 1, 0 * E + 2, 1 * E + 5], "plotly_selected")  # a box: not all masked -> mask all
+    assert panel.experts == {layers[0]: [1, 2], layers[1]: [5]}
+    _click(board, 0, [0 * E + 1, 0 * E + 2], "plotly_selected")  # all masked -> unmask
+    assert panel.experts == {layers[1]: [5]}
+
+    c["preset"].value = "A"  # a preset replaces the selection; every control follows
+    assert panel.result["experts"] == PRESETS["A"] and len(board.data[1].x) == sum(map(len, PRESETS["A"].values()))
     c["mode"].value = "zero"
-    assert panel.result["mode"] == "zero"
-    p, _, _ = direct(tiny_lm, EX, panel.experts, "zero")
-    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5)
-
+    p, _, _ = direct(tiny_lm, EX, PRESETS["A"], "zero")
+    assert panel.result["mode"] == "zero" and panel.result["p_answer"] == pytest.approx(p, rel=1e-5)
     c["mode"].value = "reroute"
-    c[0].value = tuple(range(tiny_lm.spec.n_experts))  # invalid under reroute: shown, not raised
-    assert panel.result["error"] and "Cannot mask" in panel._ui["status"].value
 
-    c["preset"].value = "none"
-    assert panel.result["experts"] == {} and all(c[l].value == () for l in tiny_lm.spec.moe_layers)
-    fig = panel._ui["fig"] or panel._ui["last_fig"]
-    assert fig is not None and np.allclose(np.asarray(fig.data[0].y, dtype=float), 0.0)
+    valid = panel.result
+    _click(board, 2, [0])  # the row header of the first layer: every expert -> invalid under reroute
+    r = panel.result
+    assert r["error"] and "top_k" in r["error"] and panel.experts[layers[0]] == list(range(E))
+    assert "Cannot mask" in c["status"].value and "rl-stale" in c["status"].value  # last valid result, greyed
+    apg = c["apg"]
+    np.testing.assert_allclose(np.asarray(apg.data[2].y, dtype=float), valid["lens"])  # never zeros
+    np.testing.assert_allclose(np.asarray(apg.data[0].y, dtype=float), valid["apg"])
+    assert "cannot be masked" in apg.layout.title.text and apg.data[0].marker.color == "#b0b0b0"
+
+    c["preset"].value = "none"  # "none" restores the unmasked probability and clears the error
+    assert panel.result["error"] is None and panel.result["p_answer"] == ref
+    assert list(board.data[1].x) == [] and "Cannot mask" not in c["status"].value
+    np.testing.assert_allclose(np.asarray(apg.data[0].y, dtype=float), 0.0)
+
+
+def test_script_changes_resync_the_controls(tiny_lm):
+    """The notebook drives the shown panel from code; afterwards the page must not show a stale error."""
+    pytest.importorskip("anywidget")
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
+    panel.widget()
+    c = panel.controls
+    panel.run_preset("A")
+    assert c["preset"].value == "A" and len(c["board"].data[1].x) == 9
+    panel.set_experts(tiny_lm.spec.moe_layers[0], range(tiny_lm.spec.n_experts))
+    assert "Cannot mask" in c["status"].value and c["preset"].value == "(custom)"
+    panel.clear()  # recomputes and redraws: no error left, no masked cell, preset "none"
+    assert c["preset"].value == "none" and panel.result["error"] is None and panel.experts == {}
+    assert "Cannot mask" not in c["status"].value and list(c["board"].data[1].x) == []
+    panel.mode = "zero"
+    assert c["mode"].value == "zero" and panel.result["mode"] == "zero"
+
+
+def test_received_tokens_and_colorings_match_counting(tiny_lm):
+    counts = rl.count_experts(tiny_lm, [EX], span="prompt", with_answer=False)  # independent hooks
+    base = rl.count_experts(tiny_lm, [EX, EX])
+    panel = AblationPanel(tiny_lm, EX, presets=PRESETS, counts=counts, base_counts=base)
+    r = panel.run_preset("A")
+    usage = counts.counts.numpy()
+    rows = {l: i for i, l in enumerate(counts.layers)}
+    assert r["received"] == {l: {e: int(usage[rows[l], e]) for e in ids} for l, ids in PRESETS["A"].items()}
+    col = panel.colorings()
+    assert set(col) == {"usage", "CE rank", "usage change"}
+    np.testing.assert_array_equal(col["usage"][0], usage)
+    for i in range(usage.shape[0]):  # rank 1 is the most used expert of its layer
+        assert usage[i, int(np.argmin(col["CE rank"][0][i]))] == usage[i].max()
+        assert sorted(col["CE rank"][0][i]) == list(range(1, tiny_lm.spec.n_experts + 1))
+    np.testing.assert_allclose(col["usage change"][0], (counts.frequencies() - base.frequencies()).numpy())
+
+    class Attribution:  # any object with scores [L, E] and layer ids (rl.attribute_experts' result)
+        layers = list(reversed(counts.layers))
+        scores = torch.arange(usage.size, dtype=torch.float32).reshape(usage.shape)
+
+    panel.set_attribution(Attribution())
+    assert panel.state.coloring == "attribution"
+    np.testing.assert_array_equal(panel.colorings()["attribution"][0], Attribution.scores.numpy()[::-1])
+    Attribution.scores = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="do not fit"):
+        panel.set_attribution(Attribution())
+    with pytest.raises(TypeError):
+        panel.set_attribution(object())
+    with pytest.raises(ValueError, match="cannot colour"):
+        AblationPanel(tiny_lm, EX).set_coloring("CE rank")
+
+
+def test_batch_em_matches_evaluate_and_cancels(tiny_lm):
+    data = [EX, rl.QAExample(context="Bob Jones lives in Rome.", question="Where does Bob Jones live?",
+                             answers=["Rome"]), rl.QAExample(context="Carl is 7.", question="How old is Carl?",
+                                                             answers=["7"])] * 2
+    panel = AblationPanel(tiny_lm, data=data, presets=PRESETS, max_new_tokens=8)
+    assert panel.example is data[0] and panel.state.example == 0
+    panel.apply_preset("A")
+    seen = []
+    b = panel.run_batch(5, chunk=2, on_progress=lambda done, n: seen.append((done, n)))
+    with rl.mask_experts(tiny_lm, PRESETS["A"]):
+        em = rl.evaluate(tiny_lm, data[:5], max_new_tokens=8)["em"]
+    assert seen == [(2, 5), (4, 5), (5, 5)] and not b["running"] and not b["cancelled"]
+    assert b["em"] == pytest.approx(em) and b["em_reference"] == pytest.approx(rl.evaluate(tiny_lm, data[:5], max_new_tokens=8)["em"])
+    b = panel.run_batch(6, chunk=2, on_progress=lambda done, n: panel.cancel())
+    assert b["cancelled"] and b["done"] == 2
+    panel.set_experts(0, range(tiny_lm.spec.n_experts))
+    assert panel.run_batch(2)["error"]
+    panel.set_example(2)
+    assert panel.example is data[2] and panel.result is None
+    free = rl.QAExample(context="Dana was born in Oslo.", question="Where was Dana born?", answers=["Oslo"])
+    panel.set_example(free)
+    assert panel.state.example is None and panel.update()["gold"] == ["Oslo"]
+    with pytest.raises(ValueError, match="answer"):
+        panel.set_example(rl.QAExample(context="x", question="y", answers=[]))
+    with pytest.raises(IndexError):
+        panel.set_example(99)
 
 
 class ScaleRouter:
@@ -225,25 +321,27 @@ def test_notebooks_match_their_generator_and_hold_no_outputs():
         assert "found" in "".join(nb["cells"][-2]["source"]).lower(), fname
 
 
-def test_widget_with_figurewidget(tiny_lm, monkeypatch):
-    """Where plotly's FigureWidget is available (anywidget installed) the figure is updated in place."""
+def test_widget_without_anywidget_still_computes(tiny_lm, monkeypatch):
+    """Without anywidget (plotly's FigureWidget) the panel still shows its numbers, with no board."""
     ipywidgets = pytest.importorskip("ipywidgets")
     import plotly.graph_objects as go
 
-    class FakeFigureWidget(go.Figure):  # same update API as FigureWidget, no anywidget needed
-        pass
+    def missing(*a, **k):
+        raise ImportError("Please install anywidget to use the FigureWidget class")
 
-    monkeypatch.setattr(go, "FigureWidget", FakeFigureWidget)
-    monkeypatch.setattr(ipywidgets, "VBox", lambda children, **kw: list(children))  # accepts the non-widget fake
+    monkeypatch.setattr(go, "FigureWidget", missing)
     panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
-    panel.widget()
-    fig = panel._ui["fig"]
-    assert isinstance(fig, FakeFigureWidget)
-    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), 0.0)
+    assert isinstance(panel.widget(), ipywidgets.VBox) and panel.controls["board"] is None
     panel.controls["preset"].value = "A"
-    assert panel._ui["fig"] is fig
-    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), panel.result["apg"])
-    np.testing.assert_allclose(np.asarray(fig.data[2].y, dtype=float), panel.result["lens"])
+    assert panel.result["experts"] == PRESETS["A"] and f"{panel.result['p_answer']:.4f}" in panel.controls["status"].value
+
+
+def test_figure_never_draws_an_error_as_zero(tiny_lm):
+    panel = AblationPanel(tiny_lm, EX)
+    panel.set_experts(0, range(tiny_lm.spec.n_experts))
+    fig = panel.figure(panel.update())  # no valid result yet: nothing drawn for the masked model
+    assert np.isnan(np.asarray(fig.data[0].y, dtype=float)).all() and np.isnan(np.asarray(fig.data[2].y, dtype=float)).all()
+    np.testing.assert_allclose(np.asarray(fig.data[1].y, dtype=float), panel.result["reference"]["lens"])
 
 
 def test_granitemoe_panel_probability_equals_plain_forward(tmp_path):
