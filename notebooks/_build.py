@@ -156,34 +156,39 @@ print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 
 NB["03_live_ablation"] = [
     ("md", "# Live expert ablation\n\n"
-           "This notebook opens an interactive panel (`rl.widgets.AblationPanel`): pick experts to mask in each "
-           "layer, or a preset (the context-faithful experts, random experts, the base model's most-used experts), "
-           "and watch the router-tuned model's answer, the probability of the gold answer and the per-layer "
-           "answer probability gain (APG, logit lens, vs no mask) change."),
+           "This notebook opens an interactive panel (`rl.widgets.AblationPanel`) around an *expert board*: one "
+           "row per MoE layer, one cell per expert. Click cells to mask experts, drag a box (or lasso) over many, "
+           "click a row header for a whole layer, or pick a preset (the context-faithful experts, random non-CE "
+           "experts, the base model's busiest experts), and watch the router-tuned model's answer, the probability "
+           "of the gold answer and the per-layer answer probability gain (APG, logit lens, vs no mask) change."),
     ("code", SETUP),
     ("code", TRAIN),
-    ("md", "Tune the routers (few steps) and build the presets from routing counts: CEs under the tuned router, "
-           "random non-CE experts, and the base model's top experts."),
+    ("md", "Tune the routers (few steps). `AblationPanel.from_data` counts routing on the training questions once: "
+           "that gives the presets (CEs under the tuned router, random non-CE experts, the base model's top "
+           "experts) and the board's colourings (usage, Router Lens CE rank, usage change tuned − base)."),
     ("code", '''\
 rt = rl.tune_router(lm, train, dev, **TRAIN)
-presets = rl.widgets.default_presets(lm, train[:32], tuned=rt)
-for name, s in presets.items():
+panel = rl.widgets.AblationPanel.from_data(lm, test, tuned=rt, count_data=train[:32])
+for name, s in panel.presets.items():
     print(f"{name:9s}", s)
 with rt.applied(lm):
     preds = rl.evaluate(lm, test)["predictions"]
 # probe an example the tuned model answers from its context, if there is one
 i = next((j for j, (p, e) in enumerate(zip(preds, test)) if rl.em_f1(p, e.answers)[0]), 0)
+panel.set_example(i)
 example = test[i]
 print(f"example {i}: {example.question}  gold {example.answers[0]!r}, memorised {example.memory_answer!r}")'''),
-    ("md", "## The panel\nSelect experts per layer (ctrl/shift-click for several) or pick a preset; the output "
-           "updates on every change. `mode` switches between re-routing (masked experts' logits set to −inf, "
-           "top-k re-picked) and zeroing (routing kept, masked experts' outputs dropped). Masking every expert of "
-           "a layer under re-routing is impossible; the panel says so instead of failing."),
+    ("md", "## The panel\nThe board is coloured by what `colour by` says; masked cells carry a cross. `mode` switches "
+           "between re-routing (masked experts' logits set to −inf, top-k re-picked) and zeroing (routing kept, "
+           "masked experts' outputs dropped). Below the board: the answer with and without the mask, p(answer), how "
+           "many prompt tokens the masked experts receive without the mask, and the per-layer APG. Masking every "
+           "expert of a layer under re-routing is impossible: the panel says so and keeps the last valid result, "
+           "greyed. `batch EM` scores the mask on N test questions (with a progress bar and cancel)."),
     ("code", '''\
-panel = rl.widgets.AblationPanel(lm, example, presets=presets, tuned=rt)
 panel.widget()'''),
-    ("md", "## The same without clicking\nEvery control only calls `panel.apply_preset(...)` / "
-           "`panel.set_experts(...)` and `panel.update()`, so a script can drive it:"),
+    ("md", "## The same without clicking\nEvery control only calls the panel's methods (`apply_preset`, `toggle`, "
+           "`set_experts`, `set_coloring`, `update`), and the panel above redraws from the same state, so a script "
+           "can drive it:"),
     ("code", '''\
 results = {name: panel.run_preset(name) for name in ["none", "CEs", "random", "base top"]}
 for name, r in results.items():
@@ -191,11 +196,18 @@ for name, r in results.items():
 print()
 print(rl.widgets.describe_change(results["none"], results["CEs"]))
 print(rl.widgets.describe_change(results["none"], results["random"]))
+ce_received = sum(t for d in results["CEs"]["received"].values() for t in d.values())
+print(f"The masked CEs receive {ce_received} expert slots of the {results['CEs']['n_tokens']} prompt tokens without the mask.")
 panel.figure(results["CEs"]).show()'''),
     ("code", '''\
-panel.clear()
 panel.set_experts(lm.spec.moe_layers[0], range(lm.spec.n_experts))  # every expert of a layer
-print(panel.summary(panel.update()))
+print(panel.summary())
+batch = {}
+for name in ["CEs", "random"]:
+    panel.apply_preset(name)
+    batch[name] = panel.run_batch(16)
+    print(f"{name:7s} EM {batch[name]['em']:5.1f} masked vs {batch[name]['em_reference']:5.1f} without the mask "
+          f"on {batch[name]['done']} test questions")
 panel.clear()'''),
     ("md", "## What this run found"),
     ("code", '''\
@@ -205,6 +217,8 @@ print(f"Masking the CEs: answer {ce['answer']!r}, p(gold token) {none['p_answer'
       f"APG at the last layer {ce['apg'][-1]:+.3f}.")
 print(f"Masking as many random experts: answer {rnd['answer']!r}, p(gold token) -> {rnd['p_answer']:.3f}, "
       f"APG at the last layer {rnd['apg'][-1]:+.3f}.")
+print(f"On 16 test questions: EM {batch['CEs']['em_reference']:.1f} without a mask, {batch['CEs']['em']:.1f} with the "
+      f"CEs masked, {batch['random']['em']:.1f} with random experts masked.")
 print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]
 

@@ -148,6 +148,7 @@ class AblationPanel:
         self.controls: dict[Any, Any] = {}
         self._lock = threading.Lock()  # one model user at a time (batch runs in a thread)
         self._cancel = threading.Event()
+        self._batch_ref: dict[tuple[int, int], list[str]] = {}
         if example is None:
             if not self.data:
                 raise ValueError("give an example, or data to pick one from")
@@ -419,7 +420,7 @@ class AblationPanel:
 
         Runs in chunks of ``chunk`` examples; :meth:`cancel` stops it between chunks (the EM is then over
         the examples done). Returns ``state.batch``: ``{"n", "done", "em", "em_reference", "running",
-        "cancelled", "error"}`` (EM ×100 over the examples done).
+        "cancelled", "error", "predictions"}`` (EM ×100 over the examples done; the masked answers).
         """
         from .evaluation import generate
 
@@ -429,7 +430,7 @@ class AblationPanel:
         self._cancel.clear()
         st = self.state
         st.batch = b = {"n": len(data), "done": 0, "em": None, "em_reference": None, "running": True,
-                        "cancelled": False, "error": None, "mask": self.experts, "mode": st.mode}
+                        "cancelled": False, "error": None, "mask": self.experts, "mode": st.mode, "predictions": []}
         hits, ref_hits = 0.0, 0.0
         try:
             normalize_mask(self.lm.spec, self.experts, st.mode)
@@ -439,13 +440,16 @@ class AblationPanel:
                     break
                 part = data[s:s + chunk]
                 with self._lock, _applied(self.lm, self.tuned) as model:
-                    ref = generate(model, part, max_new_tokens=self.max_new_tokens)
+                    key = (s, len(part))  # the unmasked answers do not depend on the mask: computed once
+                    ref = self._batch_ref.get(key) or self._batch_ref.setdefault(
+                        key, generate(model, part, max_new_tokens=self.max_new_tokens))
                     with mask_experts(model, self.experts, st.mode) if self.experts else nullcontext():
                         got = generate(model, part, max_new_tokens=self.max_new_tokens)
                 hits += sum(em_f1(p, e.answers)[0] for p, e in zip(got, part))
                 ref_hits += sum(em_f1(p, e.answers)[0] for p, e in zip(ref, part))
                 b["done"] += len(part)
-                b["em"], b["em_reference"] = hits / b["done"], ref_hits / b["done"]
+                b["em"], b["em_reference"] = 100 * hits / b["done"], 100 * ref_hits / b["done"]
+                b["predictions"] += got
                 if on_progress is not None:
                     on_progress(b["done"], b["n"])
         except (ValueError, KeyError, IndexError) as e:

@@ -224,6 +224,10 @@ def test_batch_em_matches_evaluate_and_cancels(tiny_lm):
     data = [EX, rl.QAExample(context="Bob Jones lives in Rome.", question="Where does Bob Jones live?",
                              answers=["Rome"]), rl.QAExample(context="Carl is 7.", question="How old is Carl?",
                                                              answers=["7"])] * 2
+    with rl.mask_experts(tiny_lm, PRESETS["A"]):  # two gold answers the masked model gives: EM is not always 0
+        own = generate(tiny_lm, data[:2], max_new_tokens=8)
+    data[0] = rl.QAExample(context=EX.context, question=EX.question, answers=[own[0] or "x"])
+    data[3] = rl.QAExample(context=data[1].context, question=data[1].question, answers=[own[1] or "x"])
     panel = AblationPanel(tiny_lm, data=data, presets=PRESETS, max_new_tokens=8)
     assert panel.example is data[0] and panel.state.example == 0
     panel.apply_preset("A")
@@ -232,6 +236,7 @@ def test_batch_em_matches_evaluate_and_cancels(tiny_lm):
     with rl.mask_experts(tiny_lm, PRESETS["A"]):
         em = rl.evaluate(tiny_lm, data[:5], max_new_tokens=8)["em"]
     assert seen == [(2, 5), (4, 5), (5, 5)] and not b["running"] and not b["cancelled"]
+    assert b["predictions"][0] == own[0] and b["em"] >= 20.0
     assert b["em"] == pytest.approx(em) and b["em_reference"] == pytest.approx(rl.evaluate(tiny_lm, data[:5], max_new_tokens=8)["em"])
     b = panel.run_batch(6, chunk=2, on_progress=lambda done, n: panel.cancel())
     assert b["cancelled"] and b["done"] == 2
