@@ -179,13 +179,15 @@ def _load(args):
     return load_model(args.model, device=args.device)
 
 
-def _data(args, default_split: str, lm=None):
+def _data(args, default_split: str, lm=None, with_answer: bool = False):
+    """The ``--data`` examples; with ``lm``, every one is encoded once first (``with_answer``: as
+    counting and training feed them), so a bad record is named now, not after an hour of work."""
     import routerlens_interp as rl
     from routerlens_interp.prompts import check_examples
 
     data = rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
-    if lm is not None:  # every record, before a long run: name the bad one now, not after an hour
-        check_examples(lm, data, with_answer=True)
+    if lm is not None:
+        check_examples(lm, data, with_answer=with_answer)
     return data
 
 
@@ -239,7 +241,7 @@ def cmd_count(args) -> None:
 
     _out_file(args.out, example="counts.safetensors")
     lm = _load(args)
-    data = _data(args, "train", lm)
+    data = _data(args, "train", lm, with_answer=True)
     with ExitStack() as stack:
         _interventions(stack, lm, args)
         c = rl.count_experts(lm, data, span=args.span, batch_size=args.batch_size, progress=True)
@@ -267,7 +269,7 @@ def _train(args, method: str) -> None:
 
     _out_dir(args.out)
     lm = _load(args)
-    train = _data(args, "train", lm)
+    train = _data(args, "train", lm, with_answer=True)
     if args.dev:
         dev = rl.load_dataset(args.dev, split=args.dev_split, lm=lm)
         check_examples(lm, dev, with_answer=True)

@@ -189,9 +189,11 @@ def check_examples(lm, examples, with_answer: bool = True) -> None:
     """Encode every example once, before a long run, and refuse the first that cannot be used.
 
     Raises :class:`UserError` naming the file, record index and id and what is wrong: an empty
-    question, an empty answer, or a prompt (+ answer) that does not fit ``lm.window``. Costs one
-    tokenization per example (no forward pass).
+    question, an empty answer, or a prompt (+ answer) that does not fit ``lm.window``. Warns (once,
+    with the count and the first such record) about non-empty contexts that hold no gold answer.
+    Costs one tokenization per example (no forward pass).
     """
+    absent = []
     for i, ex in enumerate(examples):
         if not isinstance(ex, QAExample):
             continue
@@ -209,3 +211,8 @@ def check_examples(lm, examples, with_answer: bool = True) -> None:
                 problem = str(err)
         if problem:
             raise UserError(f"{describe_example(ex, i)}: {problem}; fix or remove that record")
+        if ex.context and not answer_occurrences(ex.context, ex.answers):
+            absent.append(describe_example(ex, i))
+    if absent:
+        warnings.warn(f"{len(absent)} of {len(examples)} examples have a context without any of their gold answers "
+                      f"(first: {absent[0]}); context-QA data should hold the answer in the context", stacklevel=2)

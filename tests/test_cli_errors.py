@@ -186,17 +186,22 @@ def test_a_bug_is_not_dressed_as_a_user_error(tmp_path, monkeypatch):
 
 
 # --- records are checked before the run, and named -------------------------------------------------
-@pytest.mark.parametrize("bad, needle", [
-    ({"context": "Dan is 40.", "question": "How old is Dan?", "answer": 40}, "not a string"),
-    ({"context": "Dan is 40.", "question": "How old is Dan?"}, "answer or answers"),
-    ({"context": "Dan is 40.", "question": "How old is Dan?", "answer": ["40", ["forty"]]}, "not a string"),
-    ({"context": "Dan is 40.", "question": "   ", "answer": "40"}, "question is empty"),
-    ({"context": "Dan is 40.", "question": "How old is Dan?", "answer": "forty " * 400}, "shorten the answer"),
+@pytest.mark.parametrize("cmd, bad, needle", [
+    ("evaluate", {"context": "Dan is 40.", "question": "How old is Dan?", "answer": 40}, "not a string"),
+    ("evaluate", {"context": "Dan is 40.", "question": "How old is Dan?"}, "answer or answers"),
+    ("evaluate", {"context": "Dan is 40.", "question": "How old is Dan?", "answer": ["40", ["forty"]]}, "not a string"),
+    ("evaluate", {"context": "Dan is 40.", "question": "   ", "answer": "40"}, "question is empty"),
+    ("evaluate", {"context": "Dan is 40. " * 10, "question": "How old is Dan? " * 400, "answer": "40"},
+     "shorten the question"),
+    # counting and training append the answer: there, it must fit too
+    ("count", {"context": "Dan is 40.", "question": "How old is Dan?", "answer": "forty " * 400}, "shorten the answer"),
 ])
-def test_bad_last_record_refused_before_the_run(tmp_path, capsys, monkeypatch, bad, needle):
+def test_bad_last_record_refused_before_the_run(tmp_path, capsys, monkeypatch, cmd, bad, needle):
     data = jsonl(tmp_path / "d.jsonl", GOOD + [bad])
-    monkeypatch.setattr(rl, "evaluate", lambda *a, **k: pytest.fail("evaluation started"))
-    one_line_error(capsys, ["evaluate", "--data", data], "d.jsonl", "record 3", needle)
+    for fn in ("evaluate", "count_experts"):
+        monkeypatch.setattr(rl, fn, lambda *a, **k: pytest.fail("the run started"))
+    argv = [cmd, "--data", data] + (["--out", tmp_path / "c.st"] if cmd == "count" else [])
+    one_line_error(capsys, argv, "d.jsonl", "record 3", needle)
 
 
 def test_count_batch_size_zero_in_python():
@@ -231,3 +236,13 @@ def test_analyze_counts_skipped_examples_and_refuses_when_none_left(tmp_path, ca
     only_absent = jsonl(tmp_path / "absent.jsonl", [absent, {**absent, "answer": "Bergen"}])
     one_line_error(capsys, ["analyze", "--data", only_absent, "--mask", experts_json, "--out", tmp_path / "b",
                             "--no-png"], "none of the 2 examples has its gold answer inside its context")
+
+
+def test_contexts_without_their_answer_are_counted_and_the_first_named(tmp_path):
+    from routerlens_interp.prompts import check_examples
+
+    absent = {"context": "Dan is a painter.", "question": "Where does Dan live?", "answer": "Oslo"}
+    closed = {"context": "", "question": "Where does Dan live?", "answer": "Oslo"}  # closed-book: nothing to find
+    data = rl.load_dataset(jsonl(tmp_path / "d.jsonl", [GOOD[0], closed, absent, GOOD[1], absent]))
+    with pytest.warns(UserWarning, match=r"2 of 5 examples have a context without .* \(first: d.jsonl, record 2\)"):
+        check_examples(rl.load("toy"), data)
