@@ -46,7 +46,7 @@ def test_rows_equal_eager_probabilities(family, tiny_paths):
                                                                           ref.attentions[l].shape[-1]))
         torch.testing.assert_close(got[l], want, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
-    assert sd.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS  # undone on exit
+    assert sd.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS and not attn_rows._SDPA  # undone on exit
 
 
 @pytest.mark.skipif(not HAS_TOY, reason="bundled toy weights not present")
@@ -115,7 +115,7 @@ def test_self_check_refuses_wrong_rows(tiny_paths, monkeypatch):
     monkeypatch.setattr(attn_rows, "_row_mask", lambda mask, r, t_q, t_k, dtype, device: None)
     with pytest.raises(ValueError, match="cannot be computed without eager.*weight to keys"):
         lm.trace([EX], lens=False)
-    assert lm.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS
+    assert lm.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS and not attn_rows._SDPA
     tr = lm.trace([EX], lens=False, attention=False)  # the rest still works
     assert len(tr.routing[0].indices) == 1
     impl = lm.hf.config._attn_implementation

@@ -2,13 +2,12 @@
 
 Eager attention materialises ``[B, H, T, T]`` probabilities in every layer (8 GB per example and layer at
 T = 8k, 32 heads, fp32). A trace needs the rows of a few query positions. While ``blocks.L.attn.hook_pattern``
-has a reader on an SDPA model, the attention modules' configs name the attention function registered here
-(:data:`NAME`): it computes the layer's output with transformers' own SDPA function (the output is what SDPA
-gives, bit for bit), and then calls the *family's own* ``eager_attention_forward`` (the module-level function in
+has a reader on an SDPA model, the function registered here stands in for transformers' "sdpa" attention
+function: it computes the layer's output with transformers' own SDPA function (the output is what SDPA
+gives, bit for bit), and for the modules with a reader then calls the *family's own* ``eager_attention_forward`` (the module-level function in
 the family's modeling file, with its GQA, sinks, soft-capping and scaling) on the selected query rows only,
-with the mask rows SDPA got turned into the additive mask eager would get. Masks are built by transformers'
-``sdpa_mask`` for this name, so sliding windows and padding are exactly the model's. Outside a trace the model
-runs plain SDPA.
+with the mask rows SDPA got (the model's own: sliding windows, padding, sparse-attention index masks) turned
+into the additive mask eager would get. Outside a trace transformers' own function is registered again.
 
 :func:`check_rows` (first use per model) compares the rows with eager probabilities of a probe batch and the
 output with a plain SDPA forward; when either differs, reading the pattern is refused with the reason.
@@ -21,27 +20,29 @@ from typing import Callable
 
 import torch
 
-NAME = "routerlens_sdpa"
 _REQUESTS: dict[int, list[Callable]] = {}  # id(attention module) → callbacks of the readers of its rows
-_registered = False
+_SDPA: list[Callable] = []  # transformers' own "sdpa" function while ours stands in for it
 
 
-def _register() -> None:
-    global _registered
-    if _registered:
-        return
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+def _install() -> None:
+    """Register :func:`_rows_attention` as the "sdpa" attention function (it calls transformers' own). Under
+    the same name, not a new one: modeling files branch on ``_attn_implementation in ("eager", "sdpa")``."""
     from transformers.modeling_utils import AttentionInterface
 
-    AttentionInterface.register(NAME, _rows_attention)
-    AttentionMaskInterface.register(NAME, sdpa_mask)  # the very masks SDPA gets
-    _registered = True
+    if not _SDPA:
+        _SDPA.append(AttentionInterface._global_mapping["sdpa"])
+        AttentionInterface.register("sdpa", _rows_attention)
+
+
+def _uninstall() -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    if _SDPA and not _REQUESTS:
+        AttentionInterface.register("sdpa", _SDPA.pop())
 
 
 def _rows_attention(module, query, key, value, attention_mask, **kwargs):
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    out = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    out = _SDPA[0](module, query, key, value, attention_mask, **kwargs)
     for cb in list(_REQUESTS.get(id(module), ())):
         cb(module, query, key, value, attention_mask, kwargs)
     return out
@@ -65,14 +66,12 @@ def _configs(lm) -> list:
 
 def implementation(lm) -> str:
     """The attention implementation the model's attention layers run (``"sdpa"``, ``"eager"``, ...)."""
-    impl = getattr(_configs(lm)[0], "_attn_implementation", None) or "eager"
-    return "sdpa" if impl == NAME else impl
+    return getattr(_configs(lm)[0], "_attn_implementation", None) or "eager"
 
 
 @contextmanager
 def use_implementation(lm, impl: str):
     """Run the attention layers (and their masks) with ``impl`` while the block runs; restored on exit."""
-    _register()
     cfgs = _configs(lm)
     saved = [(c, c._attn_implementation) for c in cfgs]
     try:
@@ -85,19 +84,12 @@ def use_implementation(lm, impl: str):
 
 
 class RowsRequest:
-    """Handle of one attention module's rows callback; the configs name :data:`NAME` while any is held."""
+    """Handle: ``callback(module, query, key, value, mask, kwargs)`` runs after each SDPA call of ``module``.
+    transformers' "sdpa" entry is ours only while any request is held (:func:`_install`)."""
 
-    _users: dict[int, list] = {}  # id(lm.hf) → [count, use_implementation context]
-
-    def __init__(self, lm, module, callback: Callable):
-        _register()
-        self.key, self.module, self.callback = id(lm.hf), module, callback
-        state = self._users.setdefault(self.key, [0, None])
-        if state[0] == 0:
-            ctx = use_implementation(lm, NAME)
-            ctx.__enter__()
-            state[1] = ctx
-        state[0] += 1
+    def __init__(self, module, callback: Callable):
+        _install()
+        self.module, self.callback = module, callback
         _REQUESTS.setdefault(id(module), []).append(callback)
 
     def remove(self) -> None:
@@ -109,12 +101,7 @@ class RowsRequest:
         if not lst:
             _REQUESTS.pop(id(self.module), None)
         self.callback = None
-        state = self._users.get(self.key)
-        if state is not None:
-            state[0] -= 1
-            if state[0] == 0:
-                self._users.pop(self.key)
-                state[1].__exit__(None, None, None)
+        _uninstall()
 
 
 def eager_function(module) -> Callable:
@@ -207,7 +194,7 @@ def check_rows(lm) -> str | None:
             for h in handles:
                 h.remove()
         got: dict[int, torch.Tensor] = {}
-        reqs = [RowsRequest(lm, m, lambda mod, q, k, v, msk, kw, l=l: got.__setitem__(
+        reqs = [RowsRequest(m, lambda mod, q, k, v, msk, kw, l=l: got.__setitem__(
             l, rows_probs(mod, q, k, v, msk, kw, None))) for l, m in mods.items()]
         try:
             ours = lm.hf(input_ids=ids, attention_mask=am).logits
@@ -227,7 +214,7 @@ def _compare(mods, ref, got, plain, ours, real: torch.Tensor) -> str | None:
     """``real`` ``[B, T]``: the query rows of real tokens (padding rows are garbage in either implementation:
     a sliding window over padding alone masks every key)."""
     if not torch.equal(plain, ours):
-        return "computing the rows changed the model's output (its attention does not go through the SDPA function)"
+        return "computing the rows changed the model's output"
     tol = 1e-5 if plain.dtype == torch.float32 else 2e-2
     for l, m in mods.items():
         if l not in got:

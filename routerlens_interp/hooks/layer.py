@@ -214,7 +214,7 @@ class HookLayer:
             pt = self._points.get(name)
             for r in (pt.reads if pt is not None else ()):
                 r.deliver(attn_rows.rows_probs(module, query, key, value, mask, kwargs, r.rows))
-        return attn_rows.RowsRequest(self.lm, module, rows)
+        return attn_rows.RowsRequest(module, rows)
 
     def _mask_hook(self, name):
         def hook(module, args, kwargs):

@@ -9,7 +9,7 @@ __all__ = ["TrainConfig"]
 
 # Fields that change how a run is executed or reported but not what it computes: left out of the hash,
 # so a run may be resumed with a different checkpoint cadence or progress setting.
-_NOT_HASHED = {"checkpoint_every", "eval_batch_size", "fsdp"}
+_NOT_HASHED = {"checkpoint_every", "eval_batch_size", "fsdp", "gradient_checkpointing"}
 
 
 @dataclass
@@ -42,6 +42,12 @@ class TrainConfig:
             FSDP2, one shard group per decoder layer) instead of keeping a model copy per process
             (DDP). Also on when launched with ``accelerate launch --use_fsdp``. Ignored by a single
             process. Same updates as DDP up to float rounding, so a run may resume with the other.
+        gradient_checkpointing: recompute each decoder layer's activations in backward instead of keeping
+            them (less activation memory, about one more forward of time); same gradients up to float
+            rounding, so a run may resume with it switched.
+        precision: ``"fp32"`` (default) or ``"bf16"``: the forward under bf16 autocast, the trained tensors
+            kept as float32 master weights (upcast for the run when the model was loaded in bf16; see
+            :mod:`routerlens_interp.train.precision`).
     """
 
     epochs: int = 3
@@ -61,6 +67,8 @@ class TrainConfig:
     checkpoint_every: int = 50
     max_steps: int | None = None
     fsdp: bool = False
+    gradient_checkpointing: bool = False
+    precision: str = "fp32"
 
     @classmethod
     def make(cls, config: "TrainConfig | dict | None" = None, **overrides) -> "TrainConfig":
@@ -85,6 +93,8 @@ class TrainConfig:
             raise ValueError("batch_size and grad_accum must be ≥ 1")
         if self.epochs < 1 and not self.max_steps:
             raise ValueError("epochs must be ≥ 1 (or set max_steps)")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', not {self.precision!r}")
         if not 0 <= self.warmup < 1:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1); got {self.warmup}")
 
@@ -96,5 +106,7 @@ class TrainConfig:
     def config_hash(self, **extra) -> str:
         """16 hex digits of SHA-256 over the fields that change the result (plus ``extra``, e.g. method)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _NOT_HASHED}
+        if d.get("precision") == "fp32":  # the default leaves hashes of runs from before the option unchanged
+            del d["precision"]
         d.update(extra)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]

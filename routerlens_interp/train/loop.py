@@ -39,6 +39,7 @@ from .data import (Item, answer_loss, answer_positions, collate, data_hash, glob
                    steps_per_epoch)
 from .fsdp import full, full_optimizer_state, load_optimizer_state, local, sharded
 from .params import Trainable
+from .precision import training_precision
 
 __all__ = ["TrainResult", "make_accelerator", "train", "dev_loss", "CheckpointWriteError"]
 
@@ -302,6 +303,9 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
     try:
         # On an exception the stack sees it: FSDP then skips its (collective) gather and only unshards.
         with ExitStack() as stack:
+            stack.enter_context(training_precision(  # bf16 autocast + fp32 masters, checkpointing (precision.py)
+                hf, originals, cfg.precision, cfg.gradient_checkpointing,
+                [st["trainable"][k] for k in keys] if st is not None else None, fsdp))
             if fsdp:  # the optimizer must see the sharded tensors that replace the originals
                 shards, sync = stack.enter_context(sharded(lm, trainable, acc.device))
                 params, model = [shards[k] for k in keys], hf

@@ -172,7 +172,8 @@ class ExpertSlices(nn.Module):
     def forward(self, base: torch.Tensor) -> torch.Tensor:
         if self._written != self._state(base):
             with torch.no_grad():
-                base.index_copy_(0, self.idx, self.slices)  # only the selected rows; originals kept by caller
+                # only the selected rows; originals kept by caller (slices may be fp32 masters of a bf16 base)
+                base.index_copy_(0, self.idx, self.slices.to(base.dtype))
             self._written = self._state(base)
         return _Rows.apply(base, self.slices, self.idx)
 
