@@ -10,6 +10,7 @@ Definitions (DESIGN.md §1), at the last prompt position q of each example:
 """
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -102,6 +103,9 @@ def _traces(lm, tuned, data, batch_size, attention, lens, mask_mode):
 def _gain(base: torch.Tensor, tuned: torch.Tensor):
     """``[N, L]`` masses → (relative of means [L], absolute [L], per-example relative [N, L])."""
     b, t = base.double().numpy(), tuned.double().numpy()
+    if len(b) == 0:  # no example: NaN gains (the caller says why), not NumPy's "mean of empty slice"
+        nan = np.full(b.shape[1:], np.nan)
+        return nan, nan.copy(), np.zeros_like(b)
     mb, mt = b.mean(axis=0), t.mean(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(mb > 0, (mt - mb) / mb, np.nan)
@@ -117,6 +121,9 @@ def attention_gain(lm, tuned, data, batch_size: int = 8, mask_mode: str = "rerou
     ab, at = base.attention_to("answer_in_context")[has_ans], tr.attention_to("answer_in_context")[has_ans]
     cag, cag_abs, cag_per = _gain(cb, ct)
     aag, aag_abs, aag_per = _gain(ab, at)
+    if not bool(has_ans.any()):
+        warnings.warn(f"none of the {len(data)} examples has its gold answer inside its context: AAG is NaN "
+                      "(use context-QA data whose answers occur in the context)", stacklevel=2)
     mean = lambda x: x.double().mean(dim=0).numpy() if len(x) else np.full(len(base.layers), np.nan)
     return AttentionGain(base.layers, cag, aag, cag_abs, aag_abs, cag_per, aag_per, mean(cb), mean(ct), mean(ab),
                          mean(at), len(data), int((~has_ans).sum()))

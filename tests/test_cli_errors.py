@@ -4,6 +4,7 @@ import errno
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,3 +247,13 @@ def test_contexts_without_their_answer_are_counted_and_the_first_named(tmp_path)
     data = rl.load_dataset(jsonl(tmp_path / "d.jsonl", [GOOD[0], closed, absent, GOOD[1], absent]))
     with pytest.warns(UserWarning, match=r"2 of 5 examples have a context without .* \(first: d.jsonl, record 2\)"):
         check_examples(rl.load("toy"), data)
+
+
+def test_attention_gain_says_why_aag_is_nan():
+    absent = rl.QAExample("Dan is a painter.", "Where does Dan live?", ["Oslo"])
+    with pytest.warns(UserWarning, match="none of the 1 examples has its gold answer inside its context"):
+        import warnings
+
+        warnings.simplefilter("error", RuntimeWarning)  # not NumPy's "mean of empty slice"
+        g = rl.attention_gain(rl.load("toy"), {0: [1, 2]}, [absent])
+    assert np.isnan(g.aag).all() and np.isfinite(g.cag).all() and g.n_skipped_aag == 1
