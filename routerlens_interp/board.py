@@ -92,8 +92,8 @@ def board_figure(values: np.ndarray, layers: list[int], label: str, coloring: st
     masked cells marked with a cross (trace 1), and one row header per layer (trace 2, clickable)."""
     L, E = values.shape
     cell = max(3.0, min(16.0, (width - 190) / E))
-    height = int(min(900, max(170, cell * L + 110)))
-    cell = min(cell, (height - 110) / L)
+    height = int(min(900, max(200, cell * L + 134)))
+    cell = min(cell, (height - 134) / L)
     x, _ = _cells(L, E)
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=x, y=np.repeat(np.arange(L), E), mode="markers", name="experts",
@@ -111,7 +111,7 @@ def board_figure(values: np.ndarray, layers: list[int], label: str, coloring: st
     fig.update_yaxes(range=[L - 0.5, -0.5], showgrid=False, zeroline=False, showticklabels=False)
     _style(fig, None, width=width, height=height, showlegend=False, dragmode="select", clickmode="event",
            hovermode="closest")
-    fig.update_layout(margin=dict(l=10, r=10, t=10, b=40))
+    fig.update_layout(margin=dict(l=10, r=10, t=34, b=40))  # the top margin keeps the mode bar off row 0
     return fig
 
 
@@ -296,7 +296,9 @@ class PanelView:
         elif b["em"] is None:
             text = "running…" if b["running"] else "cancelled before the first chunk"
         else:
-            text = (f"EM {b['em']:.1f} masked vs {b['em_reference']:.1f} without the mask on {b['done']} of {b['n']}"
+            n = sum(len(v) for v in b.get("mask", {}).values())
+            text = (f"EM {b['em']:.1f} masked vs {b['em_reference']:.1f} without the mask on {b['done']} of {b['n']} "
+                    f"(mask: {n} experts, preset {html.escape(str(b.get('preset')))}, {b.get('mode')})"
                     + (" (running…)" if b["running"] else " (cancelled)" if b["cancelled"] else ""))
         self.batch_out.value = text
 

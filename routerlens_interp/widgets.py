@@ -430,7 +430,8 @@ class AblationPanel:
         self._cancel.clear()
         st = self.state
         st.batch = b = {"n": len(data), "done": 0, "em": None, "em_reference": None, "running": True,
-                        "cancelled": False, "error": None, "mask": self.experts, "mode": st.mode, "predictions": []}
+                        "cancelled": False, "error": None, "mask": self.experts, "mode": st.mode, "preset": st.preset,
+                        "predictions": []}
         hits, ref_hits = 0.0, 0.0
         try:
             normalize_mask(self.lm.spec, self.experts, st.mode)
