@@ -21,7 +21,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["encode", "decode", "save", "load", "write_atomic", "file_kind", "OLD_PICKLE"]
+__all__ = ["encode", "decode", "save", "load", "write_atomic", "file_kind", "unshare", "OLD_PICKLE"]
 
 META_KEY = "routerlens"
 OLD_PICKLE = "was written in the old pickle format, which is not loaded for safety"
@@ -101,7 +101,7 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         raise
 
 
-def _unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unshare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous tensors, each with storage of its own (safetensors refuses shared storage, e.g. tied
     embeddings); only the tensors that need it are copied."""
     seen, out = set(), {}
@@ -124,7 +124,7 @@ def save(path: str | Path, tree, kind: str) -> None:
     obj, tensors = encode(tree)
     meta = {META_KEY: json.dumps({"kind": kind, "state": obj}, allow_nan=True)}
     # Bytes first, then a plain Python write: safetensors' own file writer does not report a full disk.
-    write_atomic(path, st_save(_unshare(tensors), metadata=meta))
+    write_atomic(path, st_save(unshare(tensors), metadata=meta))
 
 
 def file_kind(path: str | Path) -> str:

@@ -166,7 +166,7 @@ class Adapter:
             else:
                 flat[f"{name}::slices"] = t.detach().cpu().contiguous()
                 flat[f"{name}::index"] = self.index[name].cpu().contiguous()
-        return flat
+        return safe_state.unshare(flat)  # one ids tensor shared by several names must be stored apart
 
     def save(self, directory) -> Path:
         """Write ``adapter.safetensors`` + ``adapter.json`` (with the SHA-256 of every tensor) into
