@@ -11,6 +11,9 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
+from .cli_checks import (add_debug, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
+                         positive_float, positive_int, probability, seed_int, user_errors)
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) so the same seed gives the same numbers."""
@@ -20,81 +23,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-# --- numbers at the boundary: argparse turns an ArgumentTypeError into a usage line and exit 2 -----
-def _int_at_least(lo: int, what: str):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {what}") from None
-        if v < lo:
-            raise argparse.ArgumentTypeError(f"{v} is too small; give {what}")
-        return v
-    parse.__name__ = "integer"
-    return parse
-
-
-positive_int = _int_at_least(1, "an integer >= 1")
-non_negative_int = _int_at_least(0, "an integer >= 0")
-
-
-def seed_int(text: str) -> int:
-    v = non_negative_int(text)
-    if v >= 2 ** 32:  # NumPy's seed range
-        raise argparse.ArgumentTypeError(f"{v} is too large; give a seed in [0, 2**32)")
-    return v
-
-
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number > 0") from None
-    if not (v > 0 and v != float("inf")):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a finite number > 0")
-    return v
-
-
-def probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number in (0, 1]") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number in (0, 1]")
-    return v
-
-
-positive_float.__name__ = seed_int.__name__ = "number"
-probability.__name__ = "probability"
-
-
-def _out_file(path: str | None, flag: str = "--out", example: str = "out.json") -> None:
-    """Refuse before any work when a file is to be written where a directory stands (or under a file)."""
-    if path is None:
-        return
-    from .errors import UserError
-
-    p = Path(path)
-    if p.is_dir():
-        raise UserError(f"{flag} {path} is a directory; give a file path (e.g. {p / example})")
-    if any(q.exists() and not q.is_dir() for q in p.parents):
-        raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
-
-
-def _out_dir(path: str | None, flag: str = "--out") -> None:
-    """Refuse before any work when a directory is to be written where a file stands."""
-    if path is None:
-        return
-    from .errors import UserError
-
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise UserError(f"{flag} {path} is a file; {flag} names a directory: give a new or existing directory")
-    if any(q.exists() and not q.is_dir() for q in p.parents):
-        raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, threads_default=None) -> None:
@@ -111,67 +39,6 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
     p.add_argument("--threads", type=positive_int, default=threads_default,
                    help="torch CPU threads (default: %(default)s; None = torch's own). One thread is fastest for "
                         "small models on busy cores")
-
-
-def _check_device(device: str | None) -> None:
-    import torch
-
-    from .errors import UserError
-
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r} is not a device name; give cpu, cuda, cuda:1, mps ...") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: CUDA is not available here (no GPU or a CPU-only torch); "
-                            "use --device cpu") from None
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; "
-                            f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
-
-
-def load_model(name: str, device: str | None = None):
-    """``rl.load`` with the errors a user causes (no such model, no network, a damaged or incomplete
-    model directory) turned into :class:`UserError`\ s that say which and what to do."""
-    import routerlens_interp as rl
-
-    from .errors import UserError
-    from .prompts import check_tokenizer
-
-    _check_device(device)
-    local = name == "toy" or Path(name).expanduser().is_dir()
-    try:
-        lm = rl.load(name, device=device)
-    except UserError:
-        raise
-    except (OSError, ValueError) as err:
-        if isinstance(err, FileNotFoundError) and name == "toy":
-            raise
-        if not local and not Path(name).expanduser().exists():
-            raise UserError(f"--model {name!r} is not a local directory and not a model on the hub (or no "
-                            f"network: {_first_line(err)}); give a directory written by save_pretrained, a hub "
-                            "id such as allenai/OLMoE-1B-7B-0924-Instruct, or 'toy'") from err
-        if not local:
-            raise UserError(f"--model {name!r} is a file; give the model's directory (config.json + weights), "
-                            "a hub id, or 'toy'") from err
-        if "does not appear to have" in str(err) or "Unrecognized model" in str(err):
-            raise UserError(f"--model {name}: not a model directory ({_first_line(err)}); give a directory "
-                            "written by save_pretrained (config.json + weights + tokenizer files)") from err
-        raise
-    except Exception as err:
-        from safetensors import SafetensorError
-
-        if isinstance(err, SafetensorError):
-            raise UserError(f"--model {name}: a weights file is damaged ({err}); re-download or re-save the "
-                            "model") from err
-        raise
-    check_tokenizer(lm.tokenizer, name)
-    return lm
 
 
 def _load(args):
@@ -221,7 +88,7 @@ def _emit(args, obj: dict, human: str) -> None:
 def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
-    _out_file(args.predictions, "--predictions", "predictions.jsonl")
+    check_out_file(args.predictions, "--predictions", "predictions.jsonl")
     lm = _load(args)
     data = _data(args, "test", lm)
     with ExitStack() as stack:
@@ -239,7 +106,7 @@ def cmd_evaluate(args) -> None:
 def cmd_count(args) -> None:
     import routerlens_interp as rl
 
-    _out_file(args.out, example="counts.safetensors")
+    check_out_file(args.out, example="counts.safetensors")
     lm = _load(args)
     data = _data(args, "train", lm, with_answer=True)
     with ExitStack() as stack:
@@ -253,7 +120,7 @@ def cmd_count(args) -> None:
 def cmd_select(args) -> None:
     import routerlens_interp as rl
 
-    _out_file(args.out, example="experts.json")
+    check_out_file(args.out, example="experts.json")
     counts = rl.ExpertCounts.load(args.counts)
     base = rl.ExpertCounts.load(args.baseline) if args.baseline else None
     method = args.method or ("ratio" if base is not None else "count")
@@ -267,7 +134,7 @@ def _train(args, method: str) -> None:
     import routerlens_interp as rl
     from routerlens_interp.prompts import check_examples
 
-    _out_dir(args.out)
+    check_out_dir(args.out)
     lm = _load(args)
     train = _data(args, "train", lm, with_answer=True)
     if args.dev:
@@ -299,7 +166,7 @@ def cmd_analyze(args) -> None:
     import routerlens_interp as rl
     from routerlens_interp.report import write_analysis
 
-    _out_dir(args.out)
+    check_out_dir(args.out)
     lm = _load(args)
     data = _data(args, "test", lm)
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
@@ -333,7 +200,7 @@ def cmd_knockout(args) -> None:
 def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
-    _out_dir(args.out)
+    check_out_dir(args.out)
     seed_everything(args.seed)
     report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png, model=args.model)
     if args.json:
@@ -444,75 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _first_line(err: BaseException) -> str:
-    return next((l.strip() for l in str(err).splitlines() if l.strip()), type(err).__name__)
-
-
-def _one_line(text: str) -> str:
-    """Join a multi-line message into one line (``a:`` + ``b`` → ``a: b``; other lines with ``; ``)."""
-    out = ""
-    for part in (l.strip() for l in text.splitlines()):
-        if part:
-            out = part if not out else out + (" " if out.endswith(":") else "; ") + part
-    return out
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types that bad input or the machine's state cause (not bugs): one line, exit 2.
-
-    ValueError covers UserError, JSON and text-encoding errors and the hub's id validation; OSError
-    covers missing files, directories where files belong, a full disk, permissions and the hub's
-    not-found / no-network errors; SafetensorError a damaged tensor file."""
-    from safetensors import SafetensorError
-
-    return ValueError, OSError, KeyError, NotImplementedError, SafetensorError
-
-
-def describe_error(err: BaseException) -> str:
-    """The CLI's one-line text for a user error: the problem, then the fix."""
-    import errno
-
-    from .errors import UserError
-
-    if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None and err.filename:
-        f = err.filename
-        fixes = {errno.ENOSPC: f"no space left on the device while writing {f}; free some space or write elsewhere",
-                 errno.EDQUOT: f"disk quota exceeded while writing {f}; free some space or write elsewhere",
-                 errno.EISDIR: f"{f} is a directory; give a file path",
-                 errno.ENOTDIR: f"{f}: a part of this path is a file, not a directory; choose another path",
-                 errno.EACCES: f"permission denied: {f}; choose a path you can read or write",
-                 errno.EPERM: f"operation not permitted: {f}; choose a path you can read or write",
-                 errno.EROFS: f"{f} is on a read-only file system; write elsewhere",
-                 errno.ENOENT: f"no such file or directory: {f}; check the path"}
-        if err.errno in fixes:
-            return fixes[err.errno]
-    if isinstance(err, KeyError) and err.args:
-        return _one_line(str(err.args[0]))
-    if isinstance(err, UnicodeDecodeError):
-        return f"{err}; save the file as UTF-8"
-    text = _one_line(str(err)) or type(err).__name__
-    if type(err).__module__.startswith("safetensors"):
-        return f"a safetensors file is damaged or not a safetensors file ({text}); re-create it"
-    return text
-
-
-def _add_debug(parser: argparse.ArgumentParser) -> None:
-    """``--debug`` before or after the subcommand (also on subcommands registered by other modules)."""
-    help_ = "show the full traceback instead of a one-line error"
-    parser.add_argument("--debug", action="store_true", help=help_)
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sp in action.choices.values():
-                if "--debug" not in sp._option_string_actions:
-                    # SUPPRESS: a subcommand's default must not overwrite a --debug given before it
-                    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=help_)
-
-
 def main(argv: list[str] | None = None) -> int:
     from .errors import TrainingInterrupted
 
     parser = build_parser()
-    _add_debug(parser)
+    add_debug(parser)
     args = parser.parse_args(argv)
     try:
         if getattr(args, "threads", None):
@@ -528,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"routerlens {args.command}: interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as e:
+    except user_errors() as e:
         if args.debug:
             raise
         print(f"routerlens {args.command}: error: {describe_error(e)}", file=sys.stderr)
