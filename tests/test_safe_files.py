@@ -6,6 +6,7 @@ checks that nothing ran and the error names the file and the fix.
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
 import shutil
 from pathlib import Path
@@ -168,3 +169,27 @@ def test_adapter_pickle_is_refused(load_tiny, evil, tmp_path):
     with pytest.raises(IntegrityError, match="adapter.safetensors is not a safetensors file"):
         rl.load_adapter(tmp_path)
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad, shown", [({"experts": {"2": [1, 1.5]}}, "1.5 (float)"),
+                                        ({"2": [True]}, "True (bool)"), ({"2": ["3"]}, "'3' (str)"),
+                                        ({"2": [2.0]}, "2.0 (float)")])
+def test_expert_ids_must_be_integers(tmp_path, bad, shown):
+    """``int()`` would make 1.5 and true expert 1 and 2.0 expert 2: refused, naming file, layer and value."""
+    f = tmp_path / "experts.json"
+    f.write_text(json.dumps(bad))
+    with pytest.raises(UserError) as err:
+        rl.ExpertSet.load(f)
+    assert str(f) in str(err.value) and "layer '2'" in str(err.value) and shown in str(err.value)
+    with pytest.raises(ValueError, match="is not an integer"):  # also a plain dict handed to mask_experts
+        from routerlens_interp.interventions.masking import normalize_mask
+
+        normalize_mask(None, bad.get("experts", bad))
+    assert rl.ExpertSet({"2": [np.int64(3), torch.tensor(1)], 4: [0]}) == {2: [1, 3], 4: [0]}
+
+
+def test_an_empty_expert_file_warns(tmp_path):
+    for text in ("{}", '{"experts": {"3": []}, "meta": {}}'):
+        (tmp_path / "e.json").write_text(text)
+        with pytest.warns(UserWarning, match="lists no experts"):
+            assert not rl.ExpertSet.load(tmp_path / "e.json")
