@@ -10,6 +10,7 @@ query row of each attention reduced to span masses ``[B, H, S]`` and the residua
 """
 from __future__ import annotations
 
+import inspect
 from contextlib import ExitStack
 
 import torch
@@ -62,7 +63,9 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
             routing_reads(lm, stack, out)
         if span_masks is not None:
             attention_reads(lm, stack, out, q, span_masks)
-        with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"]):
+        # nothing reads the logits: only the last position's (a [B, T, V] tensor is GBs at real vocabularies)
+        keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.hf).forward).parameters else {}
+        with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"], **keep):
             for i in range(spec.n_layers):
                 layer = layers[i]
                 if lens:
