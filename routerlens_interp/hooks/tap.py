@@ -15,6 +15,8 @@ module holding the routing decision runs. It sees two kinds of calls:
   edited scores, the values from the unedited ones. Steering uses it: +β decides which experts a token
   gets wherever the family ranks experts, while the weights stay the family's own (Mixtral-style code
   uses the top-k values as weights; adding β to them would change the weights, not only the choice).
+  A top-k over experts viewed in groups (``[..., G, E/G]``, group-limited routing scoring its groups)
+  gets the selection edit in its values too, since those only rank the groups.
 
 The tap counts the logits it sees per call; the model's self-check uses that to refuse families whose
 router does not compute its logits this way.
@@ -66,6 +68,15 @@ class RoutingTap(TorchFunctionMode):
                     return func(scores, *args[1:], **kwargs)
                 idx = func(pick, *args[1:], **kwargs).indices
                 return torch.return_types.topk((scores.gather(-1, idx), idx))
+            if (self.on_select is not None and x.dim() >= 3 and x.shape[-2] * x.shape[-1] == self.E
+                    and x.shape[-2] > 1 and dim in (-1, x.dim() - 1)):
+                # Group-limited routing ranks experts inside groups ([..., G, E/G]) to score the groups; the
+                # values only rank groups, so the selection edit goes into them too: a boosted expert's group
+                # is raised as the expert is.
+                flat = x.reshape(*x.shape[:-2], self.E)
+                pick = self.on_select(flat)
+                if pick is not flat:
+                    return func(pick.reshape(x.shape), *args[1:], **kwargs)
         return func(*args, **kwargs)
 
 
