@@ -46,16 +46,22 @@ def _load(args):
     return load_model(args.model, device=args.device)
 
 
-def _data(args, default_split: str, lm=None, with_answer: bool = False):
-    """The ``--data`` examples; with ``lm``, every one is encoded once first (``with_answer``: as
-    counting and training feed them), so a bad record is named now, not after an hour of work."""
+def _data(args, default_split: str):
     import routerlens_interp as rl
+
+    return rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit)
+
+
+def _model_and_data(args, default_split: str, with_answer: bool = False):
+    """``--data`` first (a wrong name or file fails in a second, not after loading a large model), then
+    the model, then every record encoded once (``with_answer``: as counting and training feed them),
+    so a bad record is named now, not after an hour of work."""
     from routerlens_interp.prompts import check_examples
 
-    data = rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit, lm=lm)
-    if lm is not None:
-        check_examples(lm, data, with_answer=with_answer)
-    return data
+    data = _data(args, default_split)
+    lm = _load(args)
+    check_examples(lm, data, with_answer=with_answer)
+    return lm, data
 
 
 def _adapter(args):
@@ -89,8 +95,7 @@ def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
     check_out_file(args.predictions, "--predictions", "predictions.jsonl")
-    lm = _load(args)
-    data = _data(args, "test", lm)
+    lm, data = _model_and_data(args, "test")
     with ExitStack() as stack:
         _interventions(stack, lm, args)
         s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
@@ -107,8 +112,7 @@ def cmd_count(args) -> None:
     import routerlens_interp as rl
 
     check_out_file(args.out, example="counts.safetensors")
-    lm = _load(args)
-    data = _data(args, "train", lm, with_answer=True)
+    lm, data = _model_and_data(args, "train", with_answer=True)
     with ExitStack() as stack:
         _interventions(stack, lm, args)
         c = rl.count_experts(lm, data, span=args.span, batch_size=args.batch_size, progress=True)
@@ -135,8 +139,7 @@ def _train(args, method: str) -> None:
     from routerlens_interp.prompts import check_examples
 
     check_out_dir(args.out)
-    lm = _load(args)
-    train = _data(args, "train", lm, with_answer=True)
+    lm, train = _model_and_data(args, "train", with_answer=True)
     if args.dev:
         dev = rl.load_dataset(args.dev, split=args.dev_split, lm=lm)
         check_examples(lm, dev, with_answer=True)
@@ -167,8 +170,7 @@ def cmd_analyze(args) -> None:
     from routerlens_interp.report import write_analysis
 
     check_out_dir(args.out)
-    lm = _load(args)
-    data = _data(args, "test", lm)
+    lm, data = _model_and_data(args, "test")
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
     res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=not args.no_png)
     skipped = (f"; AAG over {res['n'] - res['n_skipped_aag']} of {res['n']} examples ({res['n_skipped_aag']} "
@@ -179,8 +181,7 @@ def cmd_analyze(args) -> None:
 def cmd_knockout(args) -> None:
     import routerlens_interp as rl
 
-    lm = _load(args)
-    data = _data(args, "test", lm)
+    lm, data = _model_and_data(args, "test")
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask) if args.mask else None
     try:
         sets = [[int(x) for x in part.split(",")] for part in args.layers.split(";")] if args.layers else None
@@ -308,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--span", default="answer_in_context", choices=["answer_in_context", "context", "question"])
     k.add_argument("--layers", default=None, help="layer sets, e.g. '0;1;2,3' (default: each layer, then all)")
     k.set_defaults(func=cmd_knockout)
+    from .cli_ces import add_parsers as add_ces_parsers  # attribute, contrast, steer
+    add_ces_parsers(sub, _common)
     return p
 
 

@@ -257,3 +257,10 @@ def test_attention_gain_says_why_aag_is_nan():
         warnings.simplefilter("error", RuntimeWarning)  # not NumPy's "mean of empty slice"
         g = rl.attention_gain(rl.load("toy"), {0: [1, 2]}, [absent])
     assert np.isnan(g.aag).all() and np.isfinite(g.cag).all() and g.n_skipped_aag == 1
+
+
+def test_bad_data_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    one_line_error(capsys, ["evaluate", "--data", "no-such-data-set"], "unknown data set 'no-such-data-set'")
+    one_line_error(capsys, ["count", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "c.st"],
+                   "no such data file")
