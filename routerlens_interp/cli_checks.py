@@ -65,7 +65,8 @@ probability.__name__ = "probability"
 
 
 def check_out_file(path: str | None, flag: str = "--out", example: str = "out.json") -> None:
-    """Refuse before any work when a file is to be written where a directory stands (or under a file)."""
+    """Refuse before any work when a file is to be written where a directory stands (or under a file);
+    create its missing parent directories now, so the result is not lost to them at the end."""
     if path is None:
         return
     from .errors import UserError
@@ -75,6 +76,7 @@ def check_out_file(path: str | None, flag: str = "--out", example: str = "out.js
         raise UserError(f"{flag} {path} is a directory; give a file path (e.g. {p / example})")
     if any(q.exists() and not q.is_dir() for q in p.parents):
         raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
+    p.parent.mkdir(parents=True, exist_ok=True)
 
 
 def check_out_dir(path: str | None, flag: str = "--out") -> None:

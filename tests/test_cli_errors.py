@@ -129,6 +129,15 @@ def test_out_is_a_directory_or_a_file(tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["count", "--data", "toy-open", "--out", f / "c.st"], "parent", "is a file")
 
 
+def test_missing_output_directories_are_made_before_the_work(tmp_path, capsys):
+    counts = rl.ExpertCounts(torch.ones(1, 4, dtype=torch.long), [0], torch.ones(1, 4, dtype=torch.float64),
+                             torch.ones(1, 4, dtype=torch.float64), 2, 2)
+    counts.save(tmp_path / "c.st")
+    out = tmp_path / "new" / "dir" / "experts.json"
+    assert main(["select", "--counts", str(tmp_path / "c.st"), "--n", "1", "--out", str(out)]) == 0
+    assert rl.ExpertSet.load(out) == {0: [0]}
+
+
 def test_full_disk(tmp_path, capsys, monkeypatch):
     counts = rl.ExpertCounts(torch.ones(1, 4, dtype=torch.long), [0], torch.ones(1, 4, dtype=torch.float64),
                              torch.ones(1, 4, dtype=torch.float64), 2, 2)
