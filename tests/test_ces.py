@@ -201,3 +201,14 @@ def test_boost_zero_identical_and_large_selects(name):
     finally:
         for h in handles:
             h.remove()
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from routerlens_interp.cli import main
+
+    (tmp_path / "e.json").write_text('{"0": [1]}')
+    assert main(["steer", "--data", "toy-conflict", "--experts", str(tmp_path / "e.json"), "--betas", "0,x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--betas" in err and len(err.splitlines()) == 1
+    assert main(["steer", "--data", "toy-conflict", "--experts", str(tmp_path / "missing.json")]) == 2
+    assert "no experts file" in capsys.readouterr().err
