@@ -389,9 +389,9 @@ def _check_tensors(flat: dict[str, torch.Tensor], manifest: dict, wpath: Path) -
     else:
         extra, missing = sorted(set(flat) - set(sums)), sorted(set(sums) - set(flat))
         if extra or missing:
-            raise IntegrityError(f"{wpath} does not hold the tensors its manifest lists: "
-                                 f"{'unlisted ' + repr(extra[:3]) if extra else ''}"
-                                 f"{'; ' if extra and missing else ''}{'missing ' + repr(missing[:3]) if missing else ''}")
+            what = "; ".join(w for w in (extra and f"unlisted {extra[:3]!r}", missing and f"missing {missing[:3]!r}")
+                             if w)
+            raise IntegrityError(f"{wpath} does not hold the tensors its manifest lists: {what}")
         for k, t in flat.items():
             if tensor_sha256(t) != sums[k]:
                 raise IntegrityError(f"{wpath}: tensor {k!r} fails its SHA-256 check (the file was changed or "
@@ -408,7 +408,8 @@ def _check_index(tensors: dict, index: dict, manifest: dict, wpath: Path) -> Non
     for name, ids in index.items():
         if ids is None:
             if manifest["method"] == "ceft":
-                raise IntegrityError(f"{wpath}: a ceft adapter holds expert slices only, but {name!r} is a whole tensor")
+                raise IntegrityError(f"{wpath}: a ceft adapter holds expert slices only, but {name!r} is a whole "
+                                     "tensor")
             continue
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 1 or len(ids) != len(tensors[name]):
             raise IntegrityError(f"{wpath}: {name + '::index'!r} must be 1-D integer expert ids, one per slice row")

@@ -3,12 +3,13 @@
 Answer-only next-token cross-entropy (prompt tokens masked, EOS included), no load-balancing loss
 (``output_router_logits=False``), AdamW over the method's trainable tensors only, cosine schedule with
 linear warm-up, dev loss at fixed fractions of training with the best tensors kept, gradient
-accumulation, resumable checkpoints. Checkpoints are safetensors + JSON (nothing in them is unpickled)
-written atomically; SIGINT / SIGTERM end the unit in progress (an optimizer step with its dev-eval
-point, a checkpoint write), write a checkpoint and raise :class:`~routerlens_interp.errors.TrainingInterrupted`,
-so that ``resume=True`` continues bit-identically. Runs unchanged under several processes: DDP through ``accelerate``
-(a model copy per process), or FSDP (``fsdp=True`` or ``accelerate launch --use_fsdp``: parameters,
-gradients and AdamW state sharded over the processes, see :mod:`.fsdp`). Start it with
+accumulation, resumable checkpoints. Checkpoints are safetensors + JSON (nothing in them is
+unpickled) written atomically; SIGINT / SIGTERM end the unit in progress (an optimizer step with its
+dev-eval point, a checkpoint write), write a checkpoint and raise
+:class:`~routerlens_interp.errors.TrainingInterrupted`, so that ``resume=True`` continues bit-identically.
+Runs unchanged under several processes: DDP through ``accelerate`` (a model copy per process), or FSDP
+(``fsdp=True`` or ``accelerate launch --use_fsdp``: parameters, gradients and AdamW state sharded over
+the processes, see :mod:`.fsdp`). Start it with
 ``accelerate launch --multi_gpu --num_processes N script.py`` on GPUs, or
 ``torchrun --nproc_per_node N script.py`` on CPUs (gloo backend).
 """
@@ -427,8 +428,9 @@ class _Run:
             torch.cuda.reset_peak_memory_stats(lm.device)
         if self.dev_items and self.step == 0:
             self.metrics["initial_dev_loss"] = self.dev()
-        if self.stop_signal():  # nothing trained yet: there is nothing to save
-            raise TrainingInterrupted(self.step, self.ckpt_dir.parent, self.signals.signum)
+        sig = self.stop_signal()
+        if sig:  # nothing trained yet: there is nothing to save
+            raise TrainingInterrupted(self.step, self.ckpt_dir.parent, sig)
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -500,8 +502,9 @@ class _Run:
                     break
             if self.saved_at != self.step:
                 self.save_checkpoint()
-            if self.stop_signal():
-                raise TrainingInterrupted(self.step, self.ckpt_dir.parent, self.signals.signum)
+            sig = self.stop_signal()  # (every process asks: a collective with several)
+            if sig:
+                raise TrainingInterrupted(self.step, self.ckpt_dir.parent, sig)
         except (TrainingInterrupted, CheckpointWriteError):
             raise
         except BaseException:
