@@ -145,7 +145,8 @@ def _status_html(panel, r: dict, last_valid: dict | None) -> str:
 
     def body(x: dict) -> list[str]:
         mark = "✔" if x["em"] else "✘"
-        return [f"<b>Answer:</b> {esc(repr(x['answer']))} {mark} &nbsp; (no mask: {esc(repr(ref['answer']))})",
+        answer = "<i>decoding…</i>" if x.get("pending") else f"{esc(repr(x['answer']))} {mark}"
+        return [f"<b>Answer:</b> {answer} &nbsp; (no mask: {esc(repr(ref['answer']))})",
                 f"<b class='rl-p'>p({esc(x['answer_token'].strip())!r}):</b> <span class='rl-p-value'>"
                 f"{x['p_answer']:.4f}</span> (no mask {ref['p_answer']:.4f}) &nbsp; <b>top next token:</b> "
                 f"{esc(repr(x['top_token']))} ({x['p_top']:.3f})"]

@@ -310,32 +310,32 @@ class AblationPanel:
 
     # ------------------------------------------------------------------------------- compute
     @torch.no_grad()
-    def _measure(self, model, routing: bool = False) -> dict:
-        from .evaluation import stop_token_ids
-
+    def _probe(self, model, routing: bool = False) -> dict:
+        """One forward for p(answer) and the top token, one traced forward for the logit lens."""
         enc = self._enc
-        ids = enc.input_ids[None, :enc.last_prompt + 1].to(model.device)
-        # one greedy decode; its first-step logits are the model's own (GraniteMoE & co. apply their
-        # logit scaling in forward) at the last prompt position: no separate forward needed
-        gen = model.hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self.max_new_tokens,
-                                do_sample=False, eos_token_id=stop_token_ids(model),
-                                pad_token_id=model.tokenizer.pad_token_id, output_logits=True,
-                                return_dict_in_generate=True)
-        probs = gen.logits[0][0].float().softmax(-1)
+        # the model's own logits: GraniteMoE & co. already apply their logit scaling in forward
+        probs = model.hf(input_ids=enc.input_ids[None].to(model.device)).logits[0, enc.last_prompt].float().softmax(-1)
         top = int(probs.argmax())
-        answer = model.tokenizer.decode(gen.sequences[0, ids.shape[1]:], skip_special_tokens=True)
-        answer = answer.split("\n")[0].strip()
         tr = model.trace([enc], routing=routing, attention=False, lens=True, lens_targets=[self._target])
-        em, f1 = em_f1(answer, self.example.answers)
-        out = {"answer": answer, "em": em, "f1": f1, "p_answer": float(probs[self._target]),
-               "top_token": model.tokenizer.decode([top]), "p_top": float(probs[top]),
-               "lens": tr.lens[0].double().numpy()}
+        out = {"p_answer": float(probs[self._target]), "top_token": model.tokenizer.decode([top]),
+               "p_top": float(probs[top]), "lens": tr.lens[0].double().numpy()}
         if routing:  # prompt tokens per (MoE layer, expert) [n_moe_layers, n_experts]
-            n, E = self._enc.last_prompt + 1, self.lm.spec.n_experts
+            n, E = enc.last_prompt + 1, self.lm.spec.n_experts
             out["usage"] = np.stack([np.bincount(tr.routing[l].indices[0][:n].reshape(-1).numpy(), minlength=E)[:E]
                                      for l in self.layers])
             out["n_tokens"] = n
         return out
+
+    def _answer(self, model) -> dict:
+        """The greedy answer (many forwards: shown after the probe's numbers)."""
+        from .evaluation import generate
+
+        answer = generate(model, [self.example], max_new_tokens=self.max_new_tokens)[0]
+        em, f1 = em_f1(answer, self.example.answers)
+        return {"answer": answer, "em": em, "f1": f1, "pending": False}
+
+    def _measure(self, model, routing: bool = False) -> dict:
+        return {**self._probe(model, routing), **self._answer(model)}
 
     def reference(self) -> dict:
         """The unmasked measurement (cached per example): what APG is measured against; also
@@ -361,7 +361,7 @@ class AblationPanel:
         st = self.state
         usage = ref["usage"]
         rows = {l: i for i, l in enumerate(self.layers)}
-        out = {"experts": self.experts, "preset": st.preset, "mode": st.mode, "error": None,
+        out = {"experts": self.experts, "preset": st.preset, "mode": st.mode, "error": None, "pending": False,
                "answer_token": self.lm.tokenizer.decode([self._target]), "gold": list(self.example.answers),
                "layers": list(range(self.lm.spec.n_layers)), "reference": dict(ref),
                "received": {l: {e: int(usage[rows[l], e]) for e in ids if 0 <= e < usage.shape[1]}
@@ -371,7 +371,13 @@ class AblationPanel:
             normalize_mask(self.lm.spec, self.experts, st.mode)
             with self._lock, _applied(self.lm, self.tuned) as model:
                 with mask_experts(model, self.experts, st.mode) if self.experts else nullcontext():
-                    m = self._measure(model)
+                    m = self._probe(model)
+                    if self.view is not None:  # numbers first: the answer takes a decode of many tokens
+                        part = {**out, **m, "answer": None, "em": None, "f1": None, "pending": True,
+                                "apg": m["lens"] - ref["lens"]}
+                        st.result = part
+                        self.view.render()
+                    m.update(self._answer(model))
         except (ValueError, KeyError, IndexError) as e:
             out["error"] = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
             nan = np.full(len(ref["lens"]), np.nan)

@@ -1,6 +1,7 @@
 """rl.widgets: the live-ablation panel, driven without a browser and checked against direct computations."""
 from __future__ import annotations
 
+import html
 import sys
 import warnings
 from contextlib import contextmanager
@@ -186,6 +187,16 @@ def test_script_changes_resync_the_controls(tiny_lm):
     assert "Cannot mask" not in c["status"].value and list(c["board"].data[1].x) == []
     panel.mode = "zero"
     assert c["mode"].value == "zero" and panel.result["mode"] == "zero"
+    seen, answer = [], panel._answer
+
+    def spy(model):  # p(answer) is on the page before the (slow) greedy decode starts
+        seen.append(c["status"].value)
+        return answer(model)
+
+    panel._answer = spy
+    panel.toggle(tiny_lm.spec.moe_layers[1], 3)
+    assert "decoding" in seen[0] and f"{panel.result['p_answer']:.4f}" in seen[0]
+    assert "decoding" not in c["status"].value and repr(panel.result["answer"]) in html.unescape(c["status"].value)
 
 
 def test_received_tokens_and_colorings_match_counting(tiny_lm):
