@@ -94,6 +94,27 @@ def test_signal_in_each_phase_then_resume_equals_uninterrupted(ref, load_tiny, t
     _assert_same(got, ref)
 
 
+def test_second_signal_stops_at_once_and_rolls_back_the_unfinished_step(ref, load_tiny, tmp_path, monkeypatch):
+    """Two Ctrl-C in the forward pass of step 3: no waiting; the checkpoint holds step 2 (with the random
+    state from before step 3), and resuming from it still equals the uninterrupted run."""
+    lm = load_tiny("olmoe")
+    orig, calls = loop._forward_loss, []
+
+    def twice(*a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # step 3 (see PHASES)
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return orig(*a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_forward_loss", twice)
+        with pytest.raises(KeyboardInterrupt):
+            rl.tune_router(lm, TRAIN, DEV, out_dir=tmp_path, **CFG)
+    assert len(calls) == 5 and _checkpoint(tmp_path)["step"] == 2
+    _assert_same(rl.tune_router(lm, TRAIN, DEV, out_dir=tmp_path, resume=True, **CFG), ref)
+
+
 def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_saves_the_adapter(ref, load_tiny, tmp_path,
                                                                                   monkeypatch):
     lm = load_tiny("olmoe")
