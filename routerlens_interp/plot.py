@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 
 from .plot_bars import knockout_bars, masking_bars  # noqa: F401
 from .plot_export import (FONT_FAMILY, _esc, clean_token, jaccard_matrix, save_figures,  # noqa: F401
-                          token_attention_diff)
+                          text_width, token_attention_diff)
 from .plot_style import (_METRIC_NAMES, _TOP_LEGEND, COLORS, DIV_SCALE, SEQ_SCALE, SEQUENCE,  # noqa: F401
                          _np, _style)
 
@@ -320,24 +320,69 @@ def training_curves(log: Sequence[Mapping[str, Any]], title: str | None = None) 
     return _style(fig, title or "Training", width=1100 if metrics else 700, height=430)
 
 
+_LABEL_SPOTS = ["top center", "bottom center", "middle right", "middle left", "top right", "top left",
+                "bottom right", "bottom left"]
+
+
+def _label_positions(xs: np.ndarray, ys: np.ndarray, labels: list[str], xr: tuple, yr: tuple, size: tuple,
+                     font: float = 14, marker: float = 10, extra: tuple = (np.array([]), np.array([]))) -> list[str]:
+    """A ``textposition`` per point so that no label box overlaps another label or a marker (greedy,
+    highest point first; the least-overlapping spot when none is free). ``size``: plot area in px;
+    ``extra``: (x, y) of other things not to cover (points along a fitted line)."""
+    (w, h), placed = size, []
+    to_px = lambda x, y: ((np.asarray(x) - xr[0]) / (xr[1] - xr[0]) * w, (yr[1] - np.asarray(y)) / (yr[1] - yr[0]) * h)
+    px, py = to_px(xs, ys)
+    ex, ey = to_px(*extra)
+    dots = [(x - marker / 2, y - marker / 2, x + marker / 2, y + marker / 2) for x, y in zip(px, py)]
+    line = [(x - 2, y - 2, x + 2, y + 2) for x, y in zip(ex, ey)]
+    out = ["top center"] * len(labels)
+
+    def box(i: int, spot: str) -> tuple:
+        tw, th, g = text_width(labels[i], font), font * 1.25, marker / 2 + 2
+        v, hz = spot.split()
+        x0 = {"center": px[i] - tw / 2, "right": px[i] + g, "left": px[i] - g - tw}[hz]
+        y0 = {"top": py[i] - g - th, "bottom": py[i] + g, "middle": py[i] - th / 2}[v]
+        return x0, y0, x0 + tw, y0 + th
+
+    def clash(b: tuple, others: list[tuple]) -> float:
+        inside = max(0.0, -b[0]) + max(0.0, b[2] - w) + max(0.0, -b[1]) + max(0.0, b[3] - h)
+        return inside + sum(max(0.0, min(b[2], o[2]) - max(b[0], o[0])) * max(0.0, min(b[3], o[3]) - max(b[1], o[1]))
+                            for o in others)
+
+    for i in sorted(range(len(labels)), key=lambda i: py[i]):
+        others = placed + line + [d for j, d in enumerate(dots) if j != i]
+        spot = min(_LABEL_SPOTS, key=lambda sp: (clash(box(i, sp), others), _LABEL_SPOTS.index(sp)))
+        out[i] = spot
+        placed.append(box(i, spot))
+    return out
+
+
 def scatter_gain_vs_em(points: Sequence[Mapping[str, Any]], x: str = "attention_gain", y: str = "em_gain",
                        label: str = "label", title: str | None = None) -> go.Figure:
-    """Scatter of ``y`` against ``x`` over ``points``, least-squares line, Pearson r in the title."""
+    """Scatter of ``y`` against ``x`` over ``points``, least-squares line, Pearson r in the title.
+    Point labels are placed so that they do not overlap (close points get labels on different sides)."""
     xs = np.array([float(p[x]) for p in points])
     ys = np.array([float(p[y]) for p in points])
     labels = [str(p.get(label, p.get("name", i))) for i, p in enumerate(points)]
     named = any(label in p or "name" in p for p in points)
     r = float(np.corrcoef(xs, ys)[0, 1]) if len(xs) > 1 else float("nan")
+    width, height = 700, 500  # plot area 590 × 370 px inside _style's margins
+    pad = lambda v, f: (float(v.min() - f * (np.ptp(v) or 1.0)), float(v.max() + f * (np.ptp(v) or 1.0)))
+    xr, yr = pad(xs, 0.22), pad(ys, 0.12)  # room for the labels of the outermost points
+    fit = np.polyfit(xs, ys, 1) if len(xs) > 1 and np.ptp(xs) > 0 else None
+    line = np.linspace(xs.min(), xs.max(), 24) if fit is not None else np.array([])  # the fit line: not under a label
+    spots = _label_positions(xs, ys, labels, xr, yr, (width - 110, height - 130),
+                             extra=(line, np.polyval(fit, line) if fit is not None else line)) if len(xs) else []
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text" if named and len(xs) <= 20 else "markers", text=labels,
-                               textposition="top center", name="points",
+                               textposition=spots, name="points",
                                marker=dict(size=10, color=COLORS["context"], line=dict(color="white", width=1)),
                                hovertemplate=f"%{{text}}<br>{x} %{{x:.4g}}<br>{y} %{{y:.4g}}<extra></extra>"))
-    if len(xs) > 1 and np.ptp(xs) > 0:
-        slope, icpt = np.polyfit(xs, ys, 1)
+    if fit is not None:
+        slope, icpt = fit
         gx = np.array([xs.min(), xs.max()])
         fig.add_trace(go.Scatter(x=gx, y=slope * gx + icpt, mode="lines", name="least squares",
                                  line=dict(color=COLORS["fit"], dash="dash"), hoverinfo="skip"))
-    fig.update_xaxes(title=x.replace("_", " "))
-    fig.update_yaxes(title=y.replace("_", " "))
+    fig.update_xaxes(title=x.replace("_", " "), range=list(xr) if len(xs) else None)
+    fig.update_yaxes(title=y.replace("_", " "), range=list(yr) if len(xs) else None)
     head = title or f"{y.replace('_', ' ')} vs {x.replace('_', ' ')}"
-    return _style(fig, f"{head} (Pearson r = {r:.3f}, n = {len(xs)})", width=700, height=500, showlegend=False)
+    return _style(fig, f"{head} (Pearson r = {r:.3f}, n = {len(xs)})", width=width, height=height, showlegend=False)

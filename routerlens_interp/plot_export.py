@@ -178,18 +178,24 @@ def token_attention_diff(tokens: Sequence[str], diff: Any, title: str | None = N
         x=[b[2] + b[3] / 2 for b in boxes], y=[b[4] * line_h + line_h / 2 for b in boxes], mode="markers",
         marker=dict(size=font_size * 1.4, symbol="square", opacity=0, color=[d[b[0]] for b in boxes],
                     colorscale=_DIV_SCALE, cmin=-vm, cmax=vm, showscale=True,
-                    colorbar=dict(title=dict(text="Δ attention", side="right"), thickness=16, len=0.9)),
+                    # inside the strip kept free right of the text: plotly never has to push the margins
+                    # (which shrank the 1 unit = 1 px scale) and the end ticks stay inside the figure
+                    colorbar=dict(title=dict(text="Δ attention", side="right"), thickness=14, len=1.0, nticks=5,
+                                  x=(right + 25) / (width - 20), xanchor="left", y=0.5, yanchor="middle",
+                                  ypad=8, xpad=0)),
         customdata=[[b[0], _esc(clean_token(tokens[b[0]]).replace("\n", "↵")), d[b[0]]] for b in boxes],
         hovertemplate="token %{customdata[0]}: %{customdata[1]}<br>Δ attention %{customdata[2]:.4g}<extra></extra>",
         showlegend=False))
-    height = int(n_lines * line_h + 90 + (40 if title else 0))
-    fig.update_layout(template="plotly_white", width=width, height=max(height, 200), shapes=shapes,
+    top, bottom = (60 if title else 24), 24
+    height = max(int(n_lines * line_h + 8 + top + bottom), 200)
+    fig.update_layout(template="plotly_white", width=width, height=height, shapes=shapes,
                       annotations=annotations, font=dict(family=FONT_FAMILY, size=font_size),
                       title=dict(text=title, x=0.5, xanchor="center") if title else None,
-                      margin=dict(l=10, r=10, t=60 if title else 20, b=20), plot_bgcolor="white",
+                      margin=dict(l=10, r=10, t=top, b=bottom, autoexpand=False), plot_bgcolor="white",
                       hoverlabel=dict(font_family=FONT_FAMILY))
-    fig.update_xaxes(visible=False, range=[0, right + 10], fixedrange=True)
-    fig.update_yaxes(visible=False, range=[n_lines * line_h + 4, -4], fixedrange=True)
+    # 1 axis unit = 1 px both ways (the text boxes were measured in px); extra height stays blank below
+    fig.update_xaxes(visible=False, range=[0, width - 20], fixedrange=True)
+    fig.update_yaxes(visible=False, range=[height - top - bottom - 4, -4], fixedrange=True)
     return fig
 
 

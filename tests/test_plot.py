@@ -318,3 +318,35 @@ def test_save_figures_png_batch(tmp_path):
         fig = figs[p.stem]
         assert (w, h) == (fig.layout.width, fig.layout.height)
     assert len([p for p in paths if p.suffix == ".html"]) == 3
+
+
+def test_scatter_labels_of_close_points_do_not_overlap():
+    """Notebook 05's last figure: "base − random" sat on "base − CEs" (two points almost at one place)."""
+    pts = [("RT", 0.061, 42.0), ("RT − CEs", 0.031, 1.5), ("RT − random", 0.058, 39.0), ("RT − base top", 0.05, 30.0),
+           ("base − CEs", 0.002, -0.5), ("base − random", 0.001, 0.0)]
+    fig = P.scatter_gain_vs_em([{"label": l, "attention_gain": x, "em_gain": y} for l, x, y in pts])
+    tr, (x0, x1), (y0, y1) = fig.data[0], fig.layout.xaxis.range, fig.layout.yaxis.range
+    w, h = 700 - 110, 500 - 130  # the plot area inside the figure's margins, px
+    boxes = []
+    for x, y, text, spot in zip(tr.x, tr.y, tr.text, tr.textposition):  # the label boxes, re-derived here
+        px, py = (x - x0) / (x1 - x0) * w, (y1 - y) / (y1 - y0) * h
+        tw, th = P.text_width(text, 14), 14 * 1.25
+        v, hz = spot.split()
+        bx = {"center": px - tw / 2, "right": px + 7, "left": px - 7 - tw}[hz]
+        by = {"top": py - 7 - th, "bottom": py + 7, "middle": py - th / 2}[v]
+        assert 0 <= bx and bx + tw <= w and 0 <= by and by + th <= h, text
+        boxes.append((bx, by, bx + tw, by + th))
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert min(a[2], b[2]) <= max(a[0], b[0]) or min(a[3], b[3]) <= max(a[1], b[1])
+
+
+def test_token_map_colour_bar_stays_inside_the_figure():
+    toks = ["Based", " on", " the", " context", "\n", "Jidis", " plays", "."]
+    fig = P.token_attention_diff(toks, np.linspace(-0.05, 0.05, len(toks)))
+    lay, cb = fig.layout, fig.data[0].marker.colorbar
+    plot_w = lay.width - lay.margin.l - lay.margin.r
+    right = lay.margin.l + cb.x * plot_w + cb.thickness + 80  # bar + tick labels + title
+    assert right <= lay.width and lay.margin.autoexpand is False
+    assert fig.layout.xaxis.range[1] - fig.layout.xaxis.range[0] == plot_w  # 1 unit = 1 px: boxes keep their size
+    assert abs(fig.layout.yaxis.range[0] - fig.layout.yaxis.range[1]) == lay.height - lay.margin.t - lay.margin.b
