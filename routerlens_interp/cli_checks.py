@@ -129,7 +129,13 @@ def load_model(name: str, device: str | None = None):
     except UserError:
         raise
     except (OSError, ValueError) as err:
+        from huggingface_hub.errors import HFValidationError
+
         if isinstance(err, FileNotFoundError) and name == "toy":
+            raise
+        # not local: only the hub's "not found / no network / bad id" errors are about the name; a model
+        # found but refused (NotMoEError, an unknown architecture) keeps its own message
+        if not local and not isinstance(err, (OSError, HFValidationError)):
             raise
         if not local and not Path(name).expanduser().exists():
             raise UserError(f"--model {name!r} is not a local directory and not a model on the hub (or no "
@@ -138,7 +144,7 @@ def load_model(name: str, device: str | None = None):
         if not local:
             raise UserError(f"--model {name!r} is a file; give the model's directory (config.json + weights), "
                             "a hub id, or 'toy'") from err
-        if "does not appear to have" in str(err) or "Unrecognized model" in str(err):
+        if isinstance(err, OSError) or "Unrecognized model" in str(err):  # config or weights missing
             raise UserError(f"--model {name}: not a model directory ({first_line(err)}); give a directory "
                             "written by save_pretrained (config.json + weights + tokenizer files)") from err
         raise

@@ -273,3 +273,11 @@ def test_bad_data_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
     one_line_error(capsys, ["evaluate", "--data", "no-such-data-set"], "unknown data set 'no-such-data-set'")
     one_line_error(capsys, ["count", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "c.st"],
                    "no such data file")
+
+
+def test_directory_that_is_not_a_model(tmp_path, capsys):
+    one_line_error(capsys, ["evaluate", "--model", tmp_path, "--data", "toy-open"], str(tmp_path),
+                   "not a model directory", "save_pretrained")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "olmoe"}))  # no weights
+    one_line_error(capsys, ["evaluate", "--model", tmp_path, "--data", "toy-open"], "not a model directory",
+                   "model.safetensors")
