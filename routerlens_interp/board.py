@@ -17,9 +17,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from .plot_style import COLORS, DIV_SCALE, SEQ_SCALE, _style
-from .widgets import CUSTOM
+from .panel_state import CUSTOM
 
-__all__ = ["PanelView", "apg_figure", "board_figure", "summary"]
+__all__ = ["PanelView", "apg_figure", "board_figure", "describe_change", "summary"]
 
 GREY = "#b0b0b0"
 
@@ -371,3 +371,16 @@ class PanelView:
         self.render()
         threading.Thread(target=run, daemon=True).start()
 
+
+def describe_change(a: dict, b: dict) -> str:
+    """What changed from result ``a`` to result ``b`` of :meth:`AblationPanel.update`, as text."""
+    name = lambda r: f"[{r['preset']}]"
+    if a.get("error") or b.get("error"):
+        return f"{name(a)} → {name(b)}: " + "; ".join(f"{name(r)} error: {r['error']}" for r in (a, b) if r.get("error"))
+    parts = [f"{name(a)} → {name(b)}:",
+             f"answer {a['answer']!r} → {b['answer']!r}" + (" (unchanged)" if a["answer"] == b["answer"] else ""),
+             f"p(answer) {a['p_answer']:.3f} → {b['p_answer']:.3f} ({b['p_answer'] - a['p_answer']:+.3f})"]
+    d = np.asarray(b["lens"]) - np.asarray(a["lens"])
+    i = int(np.nanargmax(np.abs(d))) if np.isfinite(d).any() else 0
+    parts.append(f"largest logit-lens change at layer {b['layers'][i]} ({d[i]:+.3f})")
+    return " ".join(parts[:1]) + " " + "; ".join(parts[1:])
