@@ -116,7 +116,7 @@ def check_device(device: str | None) -> None:
 
 def load_model(name: str, device: str | None = None):
     """``rl.load`` with the errors a user causes (no such model, no network, a damaged or incomplete
-    model directory) turned into :class:`UserError`\ s that say which and what to do."""
+    model directory) turned into a :class:`UserError` that says which and what to do."""
     import routerlens_interp as rl
 
     from .errors import UserError
@@ -189,16 +189,17 @@ def describe_error(err: BaseException) -> str:
 
     from .errors import UserError
 
-    if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None and err.filename:
-        f = err.filename
+    if isinstance(err, OSError) and not isinstance(err, UserError) and err.errno is not None:
+        f = err.filename or "a file"
         fixes = {errno.ENOSPC: f"no space left on the device while writing {f}; free some space or write elsewhere",
-                 errno.EDQUOT: f"disk quota exceeded while writing {f}; free some space or write elsewhere",
-                 errno.EISDIR: f"{f} is a directory; give a file path",
-                 errno.ENOTDIR: f"{f}: a part of this path is a file, not a directory; choose another path",
-                 errno.EACCES: f"permission denied: {f}; choose a path you can read or write",
-                 errno.EPERM: f"operation not permitted: {f}; choose a path you can read or write",
-                 errno.EROFS: f"{f} is on a read-only file system; write elsewhere",
-                 errno.ENOENT: f"no such file or directory: {f}; check the path"}
+                 errno.EDQUOT: f"disk quota exceeded while writing {f}; free some space or write elsewhere"}
+        if err.filename:
+            fixes.update({errno.EISDIR: f"{f} is a directory; give a file path",
+                          errno.ENOTDIR: f"{f}: a part of this path is a file, not a directory; choose another path",
+                          errno.EACCES: f"permission denied: {f}; choose a path you can read or write",
+                          errno.EPERM: f"operation not permitted: {f}; choose a path you can read or write",
+                          errno.EROFS: f"{f} is on a read-only file system; write elsewhere",
+                          errno.ENOENT: f"no such file or directory: {f}; check the path"})
         if err.errno in fixes:
             return fixes[err.errno]
     if isinstance(err, KeyError) and err.args:
