@@ -405,18 +405,26 @@ class _Run:
         # Whole tensors (collectives under FSDP: every process takes part, the main one writes).
         trainable = {k: full(p).detach().cpu() for k, p in zip(self.keys, self.params)}
         optimizer = full_optimizer_state(self.opt)
+        state_file, error = self.ckpt_dir / STATE, None
         if acc.is_main_process:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
             st = {"version": 1, "step": self.step, "total": self.total, **self.hashes, "keys": self.keys,
                   "trainable": trainable, "optimizer": optimizer, "scheduler": self.sched.state_dict(),
                   "rng": rngs, "best": self.best, "history": self.history, "tokens": self.tokens,
                   "seconds": self.seconds}
-            state_file = self.ckpt_dir / STATE
             try:  # atomic: a kill or a full disk mid-write leaves the previous checkpoint intact
+                self.ckpt_dir.mkdir(parents=True, exist_ok=True)
                 safe_state.save(state_file, st, CKPT_KIND)
             except OSError as e:
-                had = self.saved_at if state_file.exists() else None
-                raise CheckpointWriteError(self.step, had, state_file, e) from e
+                error = e
+        failed = error is not None
+        if world > 1:  # every process learns of a failed write (else they would wait for the next step)
+            flag = torch.tensor([int(failed)], dtype=torch.long, device=acc.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            failed = bool(flag)
+        if failed:
+            had = self.saved_at if state_file.exists() else None
+            raise CheckpointWriteError(self.step, had, state_file,
+                                       error or OSError("the main process could not write it"))
         acc.wait_for_everyone()
         self.saved_at = self.step
 

@@ -39,6 +39,8 @@ def _run(lm, train_data, dev_data, method, setup, index, adapter_cls, extra_mani
             res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
                         progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
     except CheckpointWriteError as e:
+        if not acc.is_main_process:  # the main process saves what it can and says so
+            raise
         raise _save_anyway(e, adapter_cls, idx, manifest, out_dir) from e
     metrics = {**res.metrics, "dropped_train": dropped, "dropped_dev": dropped_dev, "history": res.history}
     manifest = {**manifest, "config_hash": res.metrics["config_hash"], "metrics": metrics}
