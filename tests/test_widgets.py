@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import html
+import importlib.util
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -253,6 +255,20 @@ def test_batch_em_matches_evaluate_and_cancels(tiny_lm):
     assert b["cancelled"] and b["done"] == 2
     panel.set_experts(0, range(tiny_lm.spec.n_experts))
     assert panel.run_batch(2)["error"]
+    if importlib.util.find_spec("anywidget"):  # the button runs it in a thread; the page follows its progress
+        panel.apply_preset("A")
+        panel.widget()
+        c = panel.controls
+        c["progress"].max = 0
+        panel.view.batch_n.value = 3
+        c["batch_run"].click()
+        end = time.time() + 120
+        while panel.state.batch["running"] and time.time() < end:
+            time.sleep(0.05)
+        assert panel.state.batch["done"] == 3 and c["progress"].value == c["progress"].max == 3
+        assert f"EM {panel.state.batch['em']:.1f} masked" in panel.view.batch_out.value
+        assert not c["batch_run"].disabled and c["batch_cancel"].disabled
+        panel.view = None
     panel.set_example(2)
     assert panel.example is data[2] and panel.result is None
     free = rl.QAExample(context="Dana was born in Oslo.", question="Where was Dana born?", answers=["Oslo"])
