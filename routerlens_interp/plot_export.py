@@ -15,9 +15,15 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.colors import sample_colorscale
 
+from .errors import UserError
+
 FONT_FAMILY = "Arial, 'Liberation Sans', Helvetica, sans-serif"
 _DIV_SCALE = "RdBu_r"
-_CHROMIUM_MSG = "install Chromium (apt-get install chromium) or pass png=False"
+_CHROMIUM_MSG = "install Chromium (apt-get install chromium) or pass png=False (--no-png on the command line)"
+
+
+class PngExportUnavailable(UserError, RuntimeError):
+    """PNG export cannot run here (no kaleido or no Chromium); the CLI shows it as one line."""
 
 
 # ------------------------------------------------------------------------------------- Jaccard
@@ -237,7 +243,8 @@ def _write_pngs(specs: Mapping[Path, go.Figure], scale: float) -> list[Path]:
         import kaleido
         from choreographer.errors import ChromeNotFoundError
     except ImportError as e:  # pragma: no cover - kaleido is a dependency
-        raise RuntimeError(f"PNG export needs kaleido>=1 ({e}); pip install kaleido, or pass png=False") from e
+        raise PngExportUnavailable(f"PNG export needs kaleido>=1 ({e}); pip install kaleido, or pass png=False "
+                                   "(--no-png)") from e
     jobs = []
     for path, fig in specs.items():
         opts = {"format": "png", "scale": scale, "width": fig.layout.width or 900, "height": fig.layout.height or 500}
@@ -245,10 +252,10 @@ def _write_pngs(specs: Mapping[Path, go.Figure], scale: float) -> list[Path]:
     try:  # one browser for all figures; mathjax off: it would be fetched from a CDN
         errors = kaleido.write_fig_from_object_sync(jobs, kopts={"mathjax": False}, cancel_on_error=False)
     except ChromeNotFoundError as e:
-        raise RuntimeError(f"PNG export found no Chromium: {_CHROMIUM_MSG}") from e
+        raise PngExportUnavailable(f"PNG export found no Chromium: {_CHROMIUM_MSG}") from e
     except Exception as e:
         if "chrome" in str(e).lower() and ("not found" in str(e).lower() or "install" in str(e).lower()):
-            raise RuntimeError(f"PNG export found no Chromium: {_CHROMIUM_MSG}") from e
+            raise PngExportUnavailable(f"PNG export found no Chromium: {_CHROMIUM_MSG}") from e
         raise
     if errors:
         raise RuntimeError(f"PNG export failed for {len(errors)} figure(s): {errors[0]!r}")

@@ -297,8 +297,11 @@ def test_save_figures_missing_chromium_message(tmp_path, monkeypatch):
         raise ChromeNotFoundError("no chrome")
 
     monkeypatch.setattr(kaleido, "write_fig_from_object_sync", boom)
-    with pytest.raises(RuntimeError, match=r"apt-get install chromium.*png=False"):
+    with pytest.raises(RuntimeError, match=r"apt-get install chromium.*png=False") as info:
         P.save_figures({"x": P.logit_lens([0, 1], [0.1, 0.2])}, tmp_path, html=False)
+    # a UserError: the CLI prints it as one line (exit 2) instead of a traceback
+    from routerlens_interp.errors import UserError
+    assert isinstance(info.value, UserError) and "--no-png" in str(info.value)
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("google-chrome") is None,
