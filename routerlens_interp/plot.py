@@ -260,8 +260,9 @@ def answer_probability_gain(p: Any, title: str | None = None) -> go.Figure:
     (lo1, hi1), (lo2, hi2) = _zero_aligned_ranges([_span(fig.data[0]), (0.0, 1.0)], pad=0.04)
     fig.update_yaxes(title=dict(text="APG", font=dict(color=COLORS["apg"])), tickfont=dict(color=COLORS["apg"]),
                      zeroline=True, zerolinecolor="#bbb", range=[lo1, hi1], secondary_y=False)
+    # the range may reach below 0 (0 aligned with the APG axis): a probability axis only labels [0, 1]
     fig.update_yaxes(title="p(first answer token)", range=[lo2, hi2], showgrid=False, zeroline=False,
-                     tickmode="auto", secondary_y=True)
+                     tickmode="array", tickvals=[0, 0.25, 0.5, 0.75, 1.0], secondary_y=True)
     fig.update_xaxes(title="layer", dtick=max(1, math.ceil(len(layers) / 20)))
     return _style(fig, title or "Answer probability gain by layer (logit lens)",
                   legend=_TOP_LEGEND, bargap=0.25)
