@@ -362,6 +362,100 @@ print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]
 
 
+NB["06_ces_without_training"] = [
+    ("md", "# Context-faithful experts without training\n\n"
+           "Router Lens finds the context-faithful experts (CEs) by tuning the routers first. This notebook finds "
+           "candidates with no training, and checks them against the causal test:\n\n"
+           "1. **attribution**: one forward + backward pass estimates, for every (layer, expert), how much masking "
+           "it would lower *faithfulness* = log p(context answer) − log p(memory answer);\n"
+           "2. **exact effects**: mask experts one at a time and measure it (the reference for 1);\n"
+           "3. **routing contrast**: which experts the last prompt position picks more often with the context "
+           "than closed-book;\n"
+           "4. **steering**: add β to chosen experts' router logits (`rl.boost_experts`), the training-free "
+           "counterpart of router tuning.\n\n"
+           "Small samples here; `benchmarks/ces_without_training.py` runs the full measurement (README)."),
+    ("code", SETUP),
+    ("code", TRAIN + '''
+from routerlens_interp.ces import best_beta, spearman, steer
+from routerlens_interp.ces.plots import estimate_vs_exact, steering_curve
+small = test[:16]
+N = max(lm.spec.top_k, lm.spec.n_experts // 8)'''),
+    ("md", "## 1. Attribution\nGradient of the metric with respect to a multiplier on each routing weight: "
+           "−(that gradient) summed over the tokens routed to an expert is the first-order change when the expert "
+           "is zero-masked. Scores are the estimated *drop* (positive: faithfulness relies on the expert)."),
+    ("code", '''\
+att = rl.attribute_experts(lm, small)
+print(f"faithfulness {att.base:.3f} on {att.n_examples} conflict examples; attribution in {att.meta['seconds']:.1f} s")
+att.plot(title="Attribution: estimated drop of faithfulness when masked").show()'''),
+    ("md", "## 2. Check it against exact masking\nThe exact effect of zero-masking each expert alone, for the 16 "
+           "largest estimates and 16 other experts (all L × E experts take one pass each: the benchmark does that)."),
+    ("code", '''\
+g = np.random.default_rng(0)
+top = [(l, e) for l, e, _ in att.top(16)]
+rest = [(l, e) for l in lm.spec.moe_layers for e in range(lm.spec.n_experts) if (l, e) not in top]
+pairs = top + [rest[i] for i in g.choice(len(rest), 16, replace=False)]
+exact = rl.expert_effects(lm, small, experts=pairs, mode="zero")
+m = exact.measured.reshape(-1)
+a, e = att.scores.reshape(-1)[m], exact.scores.reshape(-1)[m]
+print(f"{len(pairs)} experts measured in {exact.meta['seconds']:.0f} s: Spearman(estimate, exact) {spearman(a, e):.2f}")
+estimate_vs_exact(att, exact, top=16).show()'''),
+    ("md", "## 3. Routing contrast, and Router Lens for comparison\nRouter Lens needs the router-tuning run; "
+           "the contrast needs two forward passes per question."),
+    ("code", '''\
+t = time.time(); con = rl.routing_contrast(lm, train[:64]); t_con = time.time() - t
+t = time.time(); att_sel = rl.attribute_experts(lm, train[:64]); t_att = time.time() - t
+t = time.time(); rt = rl.tune_router(lm, train, dev, **TRAIN)
+with rt.applied(lm):
+    rl_counts = rl.count_experts(lm, train[:64])
+t_rt = time.time() - t
+sets = {"attribution": rl.select_experts(att_sel, n=N), "contrast": rl.select_experts(con.last, n=N),
+        "Router Lens": rl.select_experts(rl_counts, n=N)}
+print(f"seconds: attribution {t_att:.1f}, contrast {t_con:.1f}, router tuning + counting {t_rt:.1f}")
+for a_, b_ in (("attribution", "Router Lens"), ("contrast", "Router Lens"), ("attribution", "contrast")):
+    print(f"Jaccard per layer, {a_} vs {b_}: "
+          + " ".join(f"{v:.2f}" for v in sets[a_].jaccard_per_layer(sets[b_]).values()))
+rl.plot.overlap_matrix(sets).show()
+con.last.plot(sets["contrast"], title="Selection rate at the last prompt position, open − closed book").show()'''),
+    ("md", "## 4. The causal test\nMask each set in the router-tuned model (reroute) and compare with random "
+           "sets of experts that are in none of the three."),
+    ("code", '''\
+base = rl.evaluate(lm, test)
+with rt.applied(lm):
+    tuned = rl.evaluate(lm, test)
+    drops = {}
+    for name, s in sets.items():
+        with rl.mask_experts(lm, s):
+            drops[name] = tuned["em"] - rl.evaluate(lm, test)["em"]
+    union = sets["attribution"] | sets["contrast"] | sets["Router Lens"]
+    rnd = []
+    for d in range(3):
+        with rl.mask_experts(lm, rl.random_experts(N, lm.spec.moe_layers, lm.spec.n_experts, exclude=union, seed=d)):
+            rnd.append(tuned["em"] - rl.evaluate(lm, test)["em"])
+print(f"conflict EM: base {base['em']:.1f}, router-tuned {tuned['em']:.1f}")
+print("EM drop when masked: " + ", ".join(f"{k} {v:+.1f}" for k, v in drops.items())
+      + f", random (3 draws) {np.mean(rnd):+.1f}")'''),
+    ("md", "## 5. Steering the base model\nAdd β to the chosen experts' router logits; the family's own routing "
+           "does the rest. β = 0 is the unchanged model."),
+    ("code", '''\
+sweeps = {name: steer(lm, s, [0.0, 1.0, 4.0], test[:32]) for name, s in sets.items()}
+for name, rows in sweeps.items():
+    b = best_beta(rows)
+    print(f"{name:12s} conflict EM by β: " + "  ".join(f"{r['beta']:g}: {r['em']:.1f}" for r in rows)
+          + f"  (best β {b['beta']:g}, memory {b['memory_rate'] or 0:.1f} %)")
+steering_curve(sweeps["Router Lens"], title="Steering the base model with the Router Lens CEs",
+               reference=tuned["em"]).show()'''),
+    ("md", "## What this run found"),
+    ("code", '''\
+best = {k: best_beta(v) for k, v in sweeps.items()}
+print(f"Attribution vs exact zero-masking on {len(pairs)} experts: Spearman {spearman(a, e):.2f}.")
+print("EM drop when masked in the router-tuned model: " + ", ".join(f"{k} {v:+.1f}" for k, v in drops.items())
+      + f" vs random {np.mean(rnd):+.1f}.")
+print("Steering the base model, best conflict EM: " + ", ".join(f"{k} {v['em']:.1f} (β {v['beta']:g})"
+      for k, v in best.items()) + f"; router tuning reaches {tuned['em']:.1f} (base {base['em']:.1f}).")
+print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
+]
+
+
 def notebooks() -> dict[str, str]:
     """File name → notebook JSON text, as written by :func:`build`."""
     out = {}

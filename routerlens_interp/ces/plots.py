@@ -20,7 +20,9 @@ def scores_heatmap(scores: Any, experts: Mapping | None = None, title: str | Non
     layers = [int(x) for x in scores.layers]
     lim = float(np.nanmax(np.abs(z))) or 1.0
     label = _LABELS.get(scores.kind, scores.kind)
-    fig = _layer_expert_heatmap(z, layers, title or f"{label} ({scores.metric}, {scores.n_examples} examples)",
+    what = f"{scores.n_examples} examples" if scores.metric == "selection_rate" else \
+        f"{scores.metric}, {scores.n_examples} examples"
+    fig = _layer_expert_heatmap(z, layers, title or f"{label} ({what})",
                                 label, label, colorscale=DIV_SCALE, zmin=-lim, zmax=lim, zmid=0)
     _outline(fig, layers, experts)
     return fig
