@@ -15,6 +15,10 @@ On toy-conflict (NQ-Swap-like), with N = 8 experts per layer (of 64, top-8):
    recall at the best β; against router tuning's conflict-EM gain on the same test examples.
 5. Seconds per method (attribution, contrast, exact effects, router tuning + counting).
 
+``--pinned-check`` runs only a diagnosis of part 1: the 50 largest estimates against zero masking with every
+later layer's top-k pinned to the unmasked choice (is the miss due to discrete re-routing, which a gradient
+cannot see, or to the continuous non-linearity of removing a whole expert?).
+
 All numbers are printed; ``--json`` prints one JSON object as the last line. One thread.
 """
 from __future__ import annotations
@@ -44,6 +48,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--fast", action="store_true", help="tiny sizes: a smoke run of the script")
     ap.add_argument("--seed", type=int, default=826)
     ap.add_argument("--only-exact", action="store_true", help="stop after part 1")
+    ap.add_argument("--pinned-check", action="store_true",
+                    help="only the diagnosis: the top-50 estimates against masking with later routing pinned")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -68,6 +74,13 @@ def main(argv=None) -> dict:
     exact_data = test[:cfg["n_exact"]]
     N = 8
     res: dict = {"config": cfg, "seed": args.seed, "n_per_layer": N}
+    if args.pinned_check:
+        res["pinned"] = frozen_routing_check(lm, exact_data, 10 if args.fast else 50)
+        p = res["pinned"]
+        log(f"[1b] top-{p['n_top']} estimates, n={len(exact_data)}: Spearman vs exact zero masking "
+            f"{p['spearman_exact']:.3f} (mean |error| {p['mean_abs_err_exact']:.4f}); vs zero masking with later "
+            f"layers' top-k pinned {p['spearman_pinned']:.3f} (mean |error| {p['mean_abs_err_pinned']:.4f})")
+        return _finish(args, res)
 
     # 1. attribution vs exact ----------------------------------------------------------------------
     att = rl.attribute_experts(lm, exact_data)
@@ -174,6 +187,50 @@ def main(argv=None) -> dict:
     log(f"    base open-book {res['base_open_em']:.1f} recall {res['base_recall']:.1f}; router-tuned open-book "
         f"{res['router_tuned_open_em']:.1f} recall {res['router_tuned_recall']:.1f}")
     return _finish(args, res)
+
+
+def frozen_routing_check(lm, data, n_top: int = 50) -> dict:
+    """Why the estimate misses among its top experts: zero-mask each of the ``n_top`` largest estimates again
+    with every later layer's top-k *pinned* to the unmasked run's choice (a selection-only +1e4 on the experts
+    each token chose, through ``router.hook_select``; the weights still follow the changed logits). A gradient
+    sees this version of masking (continuous changes only), not the discrete re-routing of later layers."""
+    from contextlib import ExitStack
+
+    import torch
+
+    import routerlens_interp as rl
+    from routerlens_interp.ces import spearman
+    from routerlens_interp.ces.objective import build_items, mean_metric
+
+    spec, E = lm.spec, lm.spec.n_experts
+    att = rl.attribute_experts(lm, data)
+    items = build_items(lm, data)
+    B = len(items)  # one batch, so every recorded [T, k] routing lines up with the pinned pass
+    idx = {}
+    with ExitStack() as st:
+        for l in spec.moe_layers:
+            st.enter_context(lm.hooks.read(f"blocks.{l}.experts.hook_route",
+                                           lambda i, w, l=l: idx.__setitem__(l, i.detach().clone())))
+        base = mean_metric(lm, items, batch_size=B)
+
+    def pin(l):
+        hot = torch.zeros(idx[l].shape[0], E).scatter_(1, idx[l].long(), 1e4)
+        return lambda x: x + hot.to(x)
+
+    top = att.top(n_top)
+    exact, frozen = [], []
+    for l, e, _ in top:
+        with rl.mask_experts(lm, {l: [e]}, mode="zero"):
+            exact.append(base - mean_metric(lm, items, batch_size=B))
+            with ExitStack() as st:
+                for l2 in spec.moe_layers:
+                    if l2 > l:
+                        st.enter_context(lm.hooks.edit(f"blocks.{l2}.router.hook_select", pin(l2)))
+                frozen.append(base - mean_metric(lm, items, batch_size=B))
+    est = torch.tensor([v for _, _, v in top])
+    exact, frozen = torch.tensor(exact), torch.tensor(frozen)
+    return {"n_top": n_top, "spearman_exact": spearman(est, exact), "spearman_pinned": spearman(est, frozen),
+            "mean_abs_err_exact": float((est - exact).abs().mean()), "mean_abs_err_pinned": float((est - frozen).abs().mean())}
 
 
 def _finish(args, res):
