@@ -24,6 +24,12 @@ __all__ = ["PanelView", "apg_figure", "board_figure", "describe_change", "summar
 GREY = "#b0b0b0"
 
 
+def fmt_p(p: float) -> str:
+    """A probability as the panel shows it: 4 decimals, or 3 significant digits below 0.001 (a random
+    model's 0.0004 would not move in 4 decimals when one expert is masked)."""
+    return f"{p:.4f}" if p >= 1e-3 else f"{p:.3e}"
+
+
 def summary(r: dict | None) -> str:
     """One readable line about a result of :meth:`AblationPanel.update`."""
     if r is None:
@@ -102,10 +108,12 @@ def board_figure(values: np.ndarray, layers: list[int], label: str, coloring: st
     mx, my = _masked_xy(layers, masked or {})
     fig.add_trace(go.Scatter(x=mx, y=my, mode="markers", name="masked", hoverinfo="skip",
                              marker=dict(symbol="x-thin", size=cell * 0.8, line=dict(width=2, color=COLORS["outline"]))))
+    step = max(1, int(np.ceil(11 / cell)))  # row labels 11 px apart at least: every step-th row is named
     fig.add_trace(go.Scatter(x=np.full(L, -1.2), y=np.arange(L), mode="markers+text", name="layers",
-                             text=[f"L{l}" for l in layers], textposition="middle left",
-                             marker=dict(symbol="triangle-right", size=min(12, max(6, cell)), color="#666"),
-                             hovertemplate="layer %{text}: click to mask / unmask all its experts<extra></extra>"))
+                             text=[f"L{l}" if i % step == 0 else "" for i, l in enumerate(layers)],
+                             customdata=[f"L{l}" for l in layers], textposition="middle left", cliponaxis=False,
+                             marker=dict(symbol="triangle-right", size=min(12, max(4, cell)), color="#666"),
+                             hovertemplate="layer %{customdata}: click to mask / unmask all its experts<extra></extra>"))
     fig.update_xaxes(range=[-1.2 - max(3.0, 0.04 * E), E - 0.5], showgrid=False, zeroline=False, title="expert",
                      tickmode="auto")
     fig.update_yaxes(range=[L - 0.5, -0.5], showgrid=False, zeroline=False, showticklabels=False)
@@ -148,7 +156,7 @@ def _status_html(panel, r: dict, last_valid: dict | None) -> str:
         answer = "<i>decoding…</i>" if x.get("pending") else f"{esc(repr(x['answer']))} {mark}"
         return [f"<b>Answer:</b> {answer} &nbsp; (no mask: {esc(repr(ref['answer']))})",
                 f"<b class='rl-p'>p({esc(x['answer_token'].strip())!r}):</b> <span class='rl-p-value'>"
-                f"{x['p_answer']:.4f}</span> (no mask {ref['p_answer']:.4f}) &nbsp; <b>top next token:</b> "
+                f"{fmt_p(x['p_answer'])}</span> (no mask {fmt_p(ref['p_answer'])}) &nbsp; <b>top next token:</b> "
                 f"{esc(repr(x['top_token']))} ({x['p_top']:.3f})"]
 
     if r["error"]:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
+from routerlens_interp.board import fmt_p  # noqa: E402
 from routerlens_interp.evaluation import generate  # noqa: E402
 from routerlens_interp.widgets import AblationPanel, default_presets, describe_change  # noqa: E402
 
@@ -138,13 +139,13 @@ def test_board_clicks_drive_the_one_state(tiny_lm):
     board = c["board"]
     assert len(board.data[0].x) == len(layers) * E and list(board.data[1].x) == []
     ref = panel.result["p_answer"]
-    assert panel.result["preset"] == "none" and f"{ref:.4f}" in c["status"].value
+    assert panel.result["preset"] == "none" and fmt_p(ref) in c["status"].value
 
     _click(board, 0, [1 * E + 5])  # row 1 = second MoE layer, expert 5
     assert panel.experts == {layers[1]: [5]} and c["preset"].value == "(custom)"
     assert list(board.data[1].x) == [5] and list(board.data[1].y) == [1]
     p, _, _ = direct(tiny_lm, EX, {layers[1]: [5]})
-    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5) and f"{p:.4f}" in c["status"].value
+    assert panel.result["p_answer"] == pytest.approx(p, rel=1e-5) and fmt_p(p) in c["status"].value
 
     _click(board, 0, [0 * E + 1, 0 * E + 2, 1 * E + 5], "plotly_selected")  # a box: not all masked -> mask all
     assert panel.experts == {layers[0]: [1, 2], layers[1]: [5]}
@@ -197,7 +198,7 @@ def test_script_changes_resync_the_controls(tiny_lm):
 
     panel._answer = spy
     panel.toggle(tiny_lm.spec.moe_layers[1], 3)
-    assert "decoding" in seen[0] and f"{panel.result['p_answer']:.4f}" in seen[0]
+    assert "decoding" in seen[0] and fmt_p(panel.result['p_answer']) in seen[0]
     assert "decoding" not in c["status"].value and repr(panel.result["answer"]) in html.unescape(c["status"].value)
 
 
@@ -365,7 +366,7 @@ def test_widget_without_anywidget_still_computes(tiny_lm, monkeypatch):
     panel = AblationPanel(tiny_lm, EX, presets=PRESETS)
     assert isinstance(panel.widget(), ipywidgets.VBox) and panel.controls["board"] is None
     panel.controls["preset"].value = "A"
-    assert panel.result["experts"] == PRESETS["A"] and f"{panel.result['p_answer']:.4f}" in panel.controls["status"].value
+    assert panel.result["experts"] == PRESETS["A"] and fmt_p(panel.result['p_answer']) in panel.controls["status"].value
 
 
 def test_figure_never_draws_an_error_as_zero(tiny_lm):
