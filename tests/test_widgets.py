@@ -328,6 +328,15 @@ def test_default_presets_and_describe(tiny_lm):
     assert not (pre["CEs"].pairs() & pre["random"].pairs())
     counts = rl.count_experts(tiny_lm, data)
     assert pre["base top"] == rl.select_experts(counts, n=2)
+    panel = AblationPanel.from_data(tiny_lm, data, n=2, tuned=ScaleRouter(2.0), seed=0)  # the same sets
+    assert {k: v for k, v in panel.presets.items() if k != "none"} == {k: dict(v.items()) for k, v in pre.items()}
+    assert set(panel.colorings()) == {"usage", "CE rank", "usage change"} and panel.example is data[0]
+    panel.apply_preset("random")
+    panel.set_seed(5)  # the random preset is re-drawn, and the selection follows it
+    redrawn = rl.random_experts(2, tiny_lm.spec.moe_layers, tiny_lm.spec.n_experts, exclude=pre["CEs"], seed=5)
+    assert panel.presets["random"] == dict(redrawn.items()) and panel.experts == dict(redrawn.items())
+    with pytest.raises(ValueError, match="random preset"):
+        AblationPanel(tiny_lm, EX).set_seed(1)
     panel = AblationPanel(tiny_lm, EX, presets=pre)
     a, b = panel.run_preset("none"), panel.run_preset("random")
     text = describe_change(a, b)
