@@ -113,7 +113,7 @@ def test_contrast_counts_equal_two_traces(olmoe):
     E = lm.spec.n_experts
     for key, data, span in (("open_last", DATA, "last"), ("closed_last", closed, "last"),
                             ("open_context", DATA, "context"), ("closed_prompt", closed, "prompt")):
-        tr = rl.trace(lm, data, attention=False, lens=False, batch_size=1) if hasattr(rl, "trace") else lm.trace(data)
+        tr = lm.trace(data, attention=False, lens=False, batch_size=1)  # one example per forward: no padding
         expected = torch.zeros(len(lm.spec.moe_layers), E, dtype=torch.long)
         for r, l in enumerate(lm.spec.moe_layers):
             for b, enc in enumerate(tr.encoded):
