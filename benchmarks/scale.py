@@ -12,8 +12,11 @@ model's), each group in a fresh subprocess so that memory peaks do not mix:
   ``evaluate`` runs it, 512-token prompt, 16 new tokens).
 - ``train`` (OLMoE shape): one process per method: router tuning, CEFT with 8 experts per layer, full
   fine-tuning; batch 4 of ~300-token QA examples (NQ-Swap size), 3 steps; step time = median of steps 2-3.
-- ``ckpt`` (OLMoE shape): activation memory of one router-tuning step on one 1024-token example with and
-  without gradient checkpointing.
+- ``ckpt`` (OLMoE shape, 4 layers: with one there is nothing to checkpoint): activation memory of one
+  router-tuning step on one 1024-token example with and without gradient checkpointing.
+
+Time on CPU is the process's CPU time (``time.process_time``; wall time is printed too): the cores are
+shared, and a single wall-clock run of 45 s varied by ±20 % there. On CUDA: wall time.
 
 Memory. CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: tracemalloc does
 not see torch's allocations, so the RSS high-water mark is used: ``/proc/self/clear_refs`` ← 5 resets
@@ -50,6 +53,7 @@ SHAPES = {  # the real models' sizes (config.json of the hub checkpoints); only 
                   num_experts=128, num_experts_per_tok=8, norm_topk_prob=True, max_position_embeddings=8192,
                   full_layers=48),
 }
+CKPT_LAYERS = 4
 TARGETS = {"trace_time_ratio_4096": 1.10, "trace_mem_ratio_4096": 1.10, "rt_step_ratio": 0.65,
            "rt_mem_ratio": 0.5, "ceft_mem_ratio": 0.5, "ckpt_act_mem_ratio": 0.5}
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
@@ -103,11 +107,11 @@ def measure(mem: Mem, fn, device: str) -> dict:
     import torch
 
     mem.reset()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    return {"s": time.perf_counter() - t0, **mem.peak()}
+    return {"s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0, **mem.peak()}
 
 
 # -------------------------------------------------------------------------------------------- model
@@ -205,7 +209,7 @@ def work_trace(shape: str, layers: int, device: str) -> dict:
         out[f"bare_{T}"] = measure(mem, bare, device)
         out[f"trace_{T}"] = measure(mem, lambda: lm.trace(enc, batch_size=1), device)
         out[f"eager_trace_{T}"] = measure(mem, eager, device)
-        print(f"  {shape} T={T}: " + ", ".join(f"{k.rsplit('_', 1)[0]} {out[k]['s']:.1f} s {out[k]['act'] / 2**20:.0f} MiB"
+        print(f"  {shape} T={T}: " + ", ".join(f"{k.rsplit('_', 1)[0]} {out[k]['cpu_s']:.1f} s {out[k]['act'] / 2**20:.0f} MiB"
                                               for k in (f"bare_{T}", f"trace_{T}", f"eager_trace_{T}")),
               file=sys.stderr, flush=True)
     enc = [encoded(512)]
@@ -227,26 +231,30 @@ def work_train(shape: str, layers: int, device: str, method: str, steps: int = 3
     data = qa(12, 190)
     marks = []
     cfg = dict(batch_size=4, max_steps=steps, max_tokens=2048, progress=False, eval_points=1,
-               callback=lambda info: marks.append(time.perf_counter()))
+               callback=lambda info: marks.append((time.perf_counter(), time.process_time())))
     experts = {l: list(range(8)) for l in lm.spec.moe_layers}
     run = {"rt": lambda: rl.tune_router(lm, data, None, **cfg),
            "ceft": lambda: rl.ceft(lm, data, None, experts=experts, **cfg),
            "fft": lambda: rl.full_finetune(lm, data, None, **cfg)}[method]
-    t0 = time.perf_counter()
+    t0 = (time.perf_counter(), time.process_time())
     m = measure(mem, run, device)
-    times = [b - a for a, b in zip([t0] + marks[:-1], marks)]
+    times = [b[0] - a[0] for a, b in zip([t0] + marks[:-1], marks)]
+    cpu = [b[1] - a[1] for a, b in zip([t0] + marks[:-1], marks)]
     n_tok = sum(len(lm.encode(ex, with_answer=True).input_ids) for ex in data) / len(data)
-    return {**m, "step_s": statistics.median(times[1:]) if len(times) > 1 else times[0], "step_times": times,
-            "tokens_per_example": n_tok, "batch": 4}
+    return {**m, "step_s": statistics.median(times[1:]), "step_cpu_s": statistics.median(cpu[1:]),
+            "step_times": times, "step_cpu_times": cpu, "tokens_per_example": n_tok, "batch": 4}
 
 
 def work_ckpt(shape: str, layers: int, device: str) -> dict:
+    """Checkpointing keeps each layer's input and recomputes the rest in backward: with one layer there is
+    nothing to save, so this group uses ``CKPT_LAYERS`` layers."""
     import routerlens_interp as rl
 
     mem = Mem(device)
-    lm = build(shape, layers, device)
+    lm = build(shape, max(layers, CKPT_LAYERS), device)
+    rl.tune_router(lm, qa(1, 20), None, batch_size=1, max_steps=1, progress=False)  # one-off allocations
     data = qa(1, 850)
-    out = {"tokens": len(lm.encode(data[0], with_answer=True).input_ids)}
+    out = {"tokens": len(lm.encode(data[0], with_answer=True).input_ids), "layers": max(layers, CKPT_LAYERS)}
     for ck in (False, True):
         cfg = dict(batch_size=1, max_steps=1, max_tokens=4096, progress=False, eval_points=1, gradient_checkpointing=ck)
         out["ckpt" if ck else "plain"] = measure(mem, lambda: rl.tune_router(lm, data, None, **cfg), device)
@@ -295,22 +303,24 @@ def main() -> None:
     d["ckpt"] = spawn(["ckpt", "olmoe", *common], a.threads)
     d["seconds"] = time.time() - t0
     t, tr = d["trace_olmoe"], {k: d[f"train_{k}"] for k in ("rt", "ceft", "fft")}
+    clk, step = ("s", "step_s") if a.device == "cuda" else ("cpu_s", "step_cpu_s")  # CPU: process time (shared cores)
+    d["clock"] = "wall" if a.device == "cuda" else "process CPU time"
     res = {
-        "trace_time_ratio_4096": t["trace_4096"]["s"] / t["bare_4096"]["s"],
+        "trace_time_ratio_4096": t["trace_4096"][clk] / t["bare_4096"][clk],
         "trace_mem_ratio_4096": t["trace_4096"]["act"] / t["bare_4096"]["act"],
         "eager_trace_mem_ratio_4096": t["eager_trace_4096"]["act"] / t["bare_4096"]["act"],
-        "rt_step_ratio": tr["rt"]["step_s"] / tr["fft"]["step_s"],
+        "rt_step_ratio": tr["rt"][step] / tr["fft"][step],
         "rt_mem_ratio": tr["rt"]["total"] / tr["fft"]["total"],
         "ceft_mem_ratio": tr["ceft"]["total"] / tr["fft"]["total"],
         "ckpt_act_mem_ratio": d["ckpt"]["ckpt"]["act"] / d["ckpt"]["plain"]["act"],
-        "ceft_step_ratio": tr["ceft"]["step_s"] / tr["fft"]["step_s"],
+        "ceft_step_ratio": tr["ceft"][step] / tr["fft"][step],
     }
     for shape in ("olmoe", "qwen3"):
         s = d[f"trace_{shape}"]
         for T in (512, 4096):
-            res[f"{shape}_trace_time_ratio_{T}"] = s[f"trace_{T}"]["s"] / s[f"bare_{T}"]["s"]
+            res[f"{shape}_trace_time_ratio_{T}"] = s[f"trace_{T}"][clk] / s[f"bare_{T}"][clk]
             res[f"{shape}_trace_mem_ratio_{T}"] = s[f"trace_{T}"]["act"] / s[f"bare_{T}"]["act"]
-            res[f"{shape}_eager_trace_time_ratio_{T}"] = s[f"eager_trace_{T}"]["s"] / s[f"bare_{T}"]["s"]
+            res[f"{shape}_eager_trace_time_ratio_{T}"] = s[f"eager_trace_{T}"][clk] / s[f"bare_{T}"][clk]
             res[f"{shape}_eager_trace_mem_ratio_{T}"] = s[f"eager_trace_{T}"]["act"] / s[f"bare_{T}"]["act"]
     if not a.json:
         mib = 2**20
@@ -320,13 +330,14 @@ def main() -> None:
             for T in (512, 4096):
                 for v in ("bare", "trace", "eager_trace"):
                     x = s[f"{v}_{T}"]
-                    print(f"  T={T:<5} {v:<12} {x['s']:7.2f} s  peak +{x['act'] / mib:8.0f} MiB")
+                    print(f"  T={T:<5} {v:<12} {x['s']:7.2f} s wall {x['cpu_s']:7.2f} s CPU  peak +{x['act'] / mib:8.0f} MiB")
             print(f"  count {s['count_tokens_per_s']:.0f} tokens/s, greedy decoding {s['evaluate_tokens_per_s']:.2f} "
                   f"tokens/s")
         for m, x in tr.items():
-            print(f"{m:>4}: step {x['step_s']:.2f} s, peak {x['total'] / mib:.0f} MiB (model + training)")
+            print(f"{m:>4}: step {x['step_s']:.2f} s wall {x['step_cpu_s']:.2f} s CPU, peak {x['total'] / mib:.0f} MiB "
+                  f"(model + training)")
         c = d["ckpt"]
-        print(f"checkpointing at {c['tokens']} tokens: activations {c['plain']['act'] / mib:.0f} → "
+        print(f"checkpointing at {c['tokens']} tokens, {c['layers']} layers: activations {c['plain']['act'] / mib:.0f} → "
               f"{c['ckpt']['act'] / mib:.0f} MiB")
         for k, v in TARGETS.items():
             print(f"{k:<24} {res[k]:.3f}  (target ≤ {v})")

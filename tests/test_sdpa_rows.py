@@ -1,6 +1,7 @@
 """Attention rows without eager attention: checked against the eager model's own probabilities."""
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from contextlib import ExitStack
@@ -22,15 +23,11 @@ def _load(path, **kw):
         return rl.load(path, **kw)
 
 
-@torch.no_grad()
-def test_rows_equal_eager_probabilities(family, tiny_paths):
-    """Every attention layer, chosen rows of a padded batch: the SDPA model's rows equal the probabilities the
-    eager model returns with output_attentions (an independent computation: the whole eager forward)."""
-    sd, ea = _load(tiny_paths[family]), _load(tiny_paths[family], attn_implementation="eager")
-    if attn_rows.implementation(sd) != "sdpa":
-        pytest.skip(f"{family} has no SDPA attention in transformers")
-    ids = sd.tokenizer(["Alice Smith was born in 1950 in Paris.", "Bob paints."], padding=True,
-                       return_tensors="pt")
+def _rows_vs_eager(sd, ea):
+    """Rows [3, 9] / [0, 2] of a padded batch at every attention layer: the SDPA model's rows equal the
+    probabilities the eager model returns with output_attentions (an independent computation: the whole
+    eager forward), and its output is unchanged."""
+    ids = sd.tokenizer(["Alice Smith was born in 1950 in Paris.", "Bob paints."], padding=True, return_tensors="pt")
     rows = torch.tensor([[3, 9], [0, 2]])
     got = {}
     with ExitStack() as st:
@@ -42,11 +39,35 @@ def test_rows_equal_eager_probabilities(family, tiny_paths):
     ref = ea.hf(**ids, output_attentions=True)
     assert sd.spec.attention_layers
     for l in sd.spec.attention_layers:
-        want = ref.attentions[l].gather(2, rows[:, None, :, None].expand(-1, ref.attentions[l].shape[1], -1,
-                                                                          ref.attentions[l].shape[-1]))
-        torch.testing.assert_close(got[l], want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-4)
-    assert sd.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS and not attn_rows._SDPA  # undone on exit
+        a = ref.attentions[l]
+        torch.testing.assert_close(got[l], a.gather(2, rows[:, None, :, None].expand(-1, a.shape[1], -1, a.shape[-1])),
+                                   rtol=1e-4, atol=1e-5)
+    real = ids["attention_mask"].bool()  # padding rows: a window over padding alone masks every key
+    torch.testing.assert_close(out.logits[real], ref.logits[real], rtol=1e-4, atol=1e-4)
+    assert sd.hf.config._attn_implementation == "sdpa" and not attn_rows._REQUESTS and not attn_rows._SDPA
+
+
+# MHA, GQA with head_dim, MLA; every family of the family suite goes through the runtime self-check
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["olmoe", "qwen3_moe", "deepseek_v3"])
+def test_rows_equal_eager_probabilities(name, tiny_paths):
+    _rows_vs_eager(_load(tiny_paths[name]), _load(tiny_paths[name], attn_implementation="eager"))
+
+
+@torch.no_grad()
+def test_rows_equal_eager_with_a_sliding_window():
+    """A 3-token sliding window: SDPA gets the window in its mask; the rows must keep it."""
+    import tiny
+    import transformers as tf
+
+    cfg = tiny.configs()["mixtral"]
+    cfg.sliding_window = 3
+    torch.manual_seed(0)
+    hf = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="sdpa").eval()
+    ref = tf.AutoModelForCausalLM.from_config(copy.deepcopy(cfg), attn_implementation="eager").eval()
+    ref.load_state_dict(hf.state_dict())
+    tok = tiny.tokenizer()
+    _rows_vs_eager(rl.from_hf(hf, tok), rl.from_hf(ref, tok))
 
 
 @pytest.mark.skipif(not HAS_TOY, reason="bundled toy weights not present")
