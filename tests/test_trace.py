@@ -208,3 +208,17 @@ def test_tl_rebuilds_after_module_swap(load_tiny):
     tl = _tl_trace(lm, EXAMPLES[:1])
     assert lm._tl_bridge is not first and lm.hf.lm_head is new
     _assert_same(lm.trace(EXAMPLES[:1]), tl)
+
+
+def test_rl_trace_is_the_function_after_the_subpackage_is_imported(lm):
+    """Importing routerlens_interp.trace rebinds the package attribute to the subpackage; rl.trace(...)
+    must still run the tracer and give the same numbers as the function itself."""
+    import routerlens_interp as rl
+    import routerlens_interp.trace as sub
+    from routerlens_interp.trace.core import trace as fn
+
+    assert rl.trace is sub
+    a, b = rl.trace(lm, EXAMPLES[:2]), fn(lm, EXAMPLES[:2])
+    assert isinstance(a, rl.Trace)
+    torch.testing.assert_close(a.lens, b.lens, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(a.attention, b.attention, rtol=0, atol=0, equal_nan=True)
