@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
+from routerlens_interp.hooks.attn_rows import use_implementation  # noqa: E402
 
 DATA = [
     rl.QAExample("Alice Smith was born in 1950 in Paris. She works as a baker.", "Where was Alice born?", ["Paris"]),
@@ -30,7 +31,8 @@ def _direct(lm):
     ctx, ans, lens = [], [], []
     for ex in DATA:
         e = lm.encode(ex)
-        out = lm.hf(input_ids=e.input_ids[None], output_attentions=True, output_hidden_states=True)
+        with use_implementation(lm, "eager"):  # output_attentions needs eager; the traces run SDPA rows
+            out = lm.hf(input_ids=e.input_ids[None], output_attentions=True, output_hidden_states=True)
         q = e.last_prompt
         rows = torch.stack([a[0, :, q, :].mean(0) for a in out.attentions])  # [L, T]
         ctx.append(rows[:, e.context].sum(-1))

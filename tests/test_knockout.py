@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import routerlens_interp as rl
+from routerlens_interp.hooks.attn_rows import use_implementation
 from routerlens_interp.examples import QAExample
 from routerlens_interp.model import TOY_DIR
 
@@ -12,7 +13,8 @@ EX = QAExample("Alice lives in Paris. Bob lives in Rome.", "Where does Alice liv
 
 
 def _forward(lm, ids):
-    return lm.hf(input_ids=ids, output_attentions=True)
+    with use_implementation(lm, "eager"):  # output_attentions needs eager (SDPA knockout: test_sdpa_rows.py)
+        return lm.hf(input_ids=ids, output_attentions=True)
 
 
 def _hooks(lm) -> int:

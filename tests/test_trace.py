@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import routerlens_interp as rl
+from routerlens_interp.hooks.attn_rows import use_implementation
 from routerlens_interp.trace.tl_backend import TLUnsupportedError
 
 EXAMPLES = [
@@ -17,7 +18,7 @@ EXAMPLES = [
 def _alone(lm, ex, with_answer=False):
     """The model's own outputs for one example, no padding."""
     enc = lm.encode(ex, with_answer=with_answer)
-    with torch.no_grad():
+    with torch.no_grad(), use_implementation(lm, "eager"):  # output_attentions needs eager; traces run SDPA rows
         out = lm.hf(enc.input_ids[None], output_router_logits=True, output_attentions=True)
     return enc, out
 
@@ -184,15 +185,18 @@ def test_zero_mask_seen_by_trace(lm):
     _assert_same(tr, tl)
 
 
-def test_attention_needs_eager(tiny_paths):
+def test_attention_needs_eager_or_sdpa(tiny_paths):
     import transformers as tf
 
     path = tiny_paths["olmoe"]
     hf = tf.AutoModelForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
     lm = rl.from_hf(hf, tf.AutoTokenizer.from_pretrained(path))
-    with pytest.raises(ValueError, match="eager"):
+    assert lm.trace(EXAMPLES[:1]).attention.shape[:2] == (1, 3)  # SDPA: rows computed (tests/test_sdpa_rows.py)
+    hf.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="eager or sdpa"):
         lm.trace(EXAMPLES[:1])
-    tr = lm.trace(EXAMPLES[:1], attention=False)  # routing and lens work under sdpa
+    hf.config._attn_implementation = "sdpa"
+    tr = lm.trace(EXAMPLES[:1], attention=False)  # routing and lens need no attention probabilities
     assert tr.attention is None and tr.lens.shape == (1, 3)
 
 
