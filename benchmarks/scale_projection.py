@@ -4,10 +4,10 @@
 
 Parameter counts come from the real configs (a model built on the meta device: no memory). Memory, as
 ``TrainConfig(precision="bf16")`` trains: every weight in bf16 (2 B), and each *trained* tensor also as a
-float32 master (4 B) with a float32 gradient (4 B) and AdamW's two moments (8 B): 18 B per trained
-parameter on top of its bf16 copy... minus the bf16 copy, which the upcast replaces: 16 B in all. Activations:
-the measured ``ckpt`` activation memory per token and layer (float32 on CPU) halved for bf16, times batch
-8 × 300 tokens and the layer count (with gradient checkpointing: the measured ratio applied). Time: FFT's
+float32 master (4 B, replacing its bf16 copy: the upcast is in place), a float32 gradient (4 B) and AdamW's
+two moments (8 B): 16 B per trained parameter. Activations:
+the measured ``ckpt`` activation memory per token and layer (OLMoE shape, float32 on CPU; used for
+Qwen3 too) halved for bf16, times batch 8 × 300 tokens and the layer count (with gradient checkpointing: the measured ratio applied). Time: FFT's
 FLOPs per token = 6 × parameters active per token (attention, router, top-k experts, LM head); at an
 assumed model-FLOPs utilisation (MFU, default 10 % of the H100's 989 TFLOPS dense bf16: MoE steps at batch
 8 × 300 tokens are launch- and routing-bound), RT and CEFT at the measured step ratios to FFT.
@@ -55,7 +55,7 @@ def counts(shape: str) -> dict:
 def project(res: dict, mfu: float = 0.10, tokens: int = 300, batch: int = 8, n_ceft: int = 8) -> list[dict]:
     d = res["details"]
     c = d["ckpt"]
-    act_tok_layer = c["plain"]["act"] / c["tokens"] / d["layers"] / 2  # bf16
+    act_tok_layer = c["plain"]["act"] / c["tokens"] / c.get("layers", d["layers"]) / 2  # bf16
     rows = []
     for shape in ("olmoe", "qwen3"):
         n = counts(shape)
@@ -79,12 +79,12 @@ def main() -> None:
     ap.add_argument("--mfu", type=float, default=0.10)
     a = ap.parse_args()
     res = json.loads(Path(a.results).read_text().strip().splitlines()[-1])
-    print("| model | method | trained params | GPU memory, bf16 (GiB) | with checkpointing | h / 1,000 ex. (1 epoch) |")
+    print("| model | method | trained params | GPU memory, bf16 (GiB) | with checkpointing | h (min) / 1,000 ex., 1 epoch |")
     print("|---|---|---|---|---|---|")
     for r in project(res, a.mfu):
         print(f"| {r['model']} ({r['layers']} layers, {r['params'] / 1e9:.1f} B, {r['active'] / 1e9:.2f} B active) | "
               f"{r['method'].upper()} | {r['trained_params'] / 1e6:,.1f} M | {r['mem_gib']:.0f} | "
-              f"{r['mem_ckpt_gib']:.0f} | {r['hours_per_1000']:.3f} |")
+              f"{r['mem_ckpt_gib']:.0f} | {r['hours_per_1000']:.3f} ({60 * r['hours_per_1000']:.1f}) |")
 
 
 if __name__ == "__main__":
