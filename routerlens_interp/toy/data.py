@@ -137,15 +137,25 @@ def bag_solvable(triples: list[tuple[str, str, str]], attr: str) -> bool:
     return len({v for _, a, v in triples if a == attr}) == 1
 
 
-def _open(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+def _context(rng: random.Random, world: World, name: str, attr: str, value: str, facts: dict, others: list[str],
+             v2: bool, avoid: tuple = ()) -> tuple[str, list[tuple[str, str, str]]]:
+    """A data-set context: v1 (2-4 facts, :func:`make_context`) or v2 (:func:`make_bound_context`)."""
+    if v2:
+        return make_bound_context(rng, world, name, attr, value, facts, rng.randint(2, 4), rng.randint(0, 2), others,
+                                  avoid=avoid)
+    return make_context(rng, world, name, attr, value, facts, rng.randint(2, 4), others, avoid=avoid)
+
+
+def _open(world: World, split: str, size: int, rng: random.Random, v2: bool = False) -> list[QAExample]:
     names = world.unseen[split]
     others = names + [p.name for p in world.known_by_group[split]]
     out = []
     for i in range(size):
         name, attr = rng.choice(names), rng.choice(ATTRIBUTES)
         facts = random_facts(rng)
-        ctx, triples = make_context(rng, world, name, attr, facts[attr], facts, rng.randint(2, 4), others)
-        out.append(QAExample(ctx, question_text(rng, name, attr), [facts[attr]], None, f"toy-open-{split}-{i}",
+        ctx, triples = _context(rng, world, name, attr, facts[attr], facts, others, v2)
+        out.append(QAExample(ctx, question_text(rng, name, attr), [facts[attr]], None,
+                             f"toy{'2' if v2 else ''}-open-{split}-{i}",
                              {"attr": attr, "person": name, "known": False, "n_facts": len(triples)}))
     return out
 
@@ -158,60 +168,27 @@ def _pairs(world: World, split: str, size: int, rng: random.Random):
     return pairs[:size]
 
 
-def _conflict(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
+def _conflict(world: World, split: str, size: int, rng: random.Random, v2: bool = False) -> list[QAExample]:
     others = world.unseen[split] + [p.name for p in world.known_by_group[split]]
     out = []
     for i, (p, attr) in enumerate(_pairs(world, split, size, rng)):
         true = p.facts[attr]
         sub = other_value(rng, attr, {true})
-        ctx, triples = make_context(rng, world, p.name, attr, sub, p.facts, rng.randint(2, 4), others, avoid=(true,))
-        out.append(QAExample(ctx, question_text(rng, p.name, attr), [sub], true, f"toy-conflict-{split}-{i}",
+        ctx, triples = _context(rng, world, p.name, attr, sub, p.facts, others, v2, avoid=(true,))
+        out.append(QAExample(ctx, question_text(rng, p.name, attr), [sub], true,
+                             f"toy{'2' if v2 else ''}-conflict-{split}-{i}",
                              {"attr": attr, "person": p.name, "known": True, "n_facts": len(triples)}))
     return out
 
 
-def _memory(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
-    return [QAExample("", question_text(rng, p.name, attr), [p.facts[attr]], None, f"toy-memory-{split}-{i}",
-                      {"attr": attr, "person": p.name, "known": True})
+def _memory(world: World, split: str, size: int, rng: random.Random, v2: bool = False) -> list[QAExample]:
+    return [QAExample("", question_text(rng, p.name, attr), [p.facts[attr]], None,
+                      f"toy{'2' if v2 else ''}-memory-{split}-{i}", {"attr": attr, "person": p.name, "known": True})
             for i, (p, attr) in enumerate(_pairs(world, split, size, rng))]
 
 
-def _open2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
-    names = world.unseen[split]
-    others = names + [p.name for p in world.known_by_group[split]]
-    out = []
-    for i in range(size):
-        name, attr = rng.choice(names), rng.choice(ATTRIBUTES)
-        facts = random_facts(rng)
-        ctx, triples = make_bound_context(rng, world, name, attr, facts[attr], facts, rng.randint(2, 4),
-                                          rng.randint(0, 2), others)
-        out.append(QAExample(ctx, question_text(rng, name, attr), [facts[attr]], None, f"toy2-open-{split}-{i}",
-                             {"attr": attr, "person": name, "known": False, "n_facts": len(triples)}))
-    return out
-
-
-def _conflict2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
-    others = world.unseen[split] + [p.name for p in world.known_by_group[split]]
-    out = []
-    for i, (p, attr) in enumerate(_pairs(world, split, size, rng)):
-        true = p.facts[attr]
-        sub = other_value(rng, attr, {true})
-        ctx, triples = make_bound_context(rng, world, p.name, attr, sub, p.facts, rng.randint(2, 4),
-                                          rng.randint(0, 2), others, avoid=(true,))
-        out.append(QAExample(ctx, question_text(rng, p.name, attr), [sub], true, f"toy2-conflict-{split}-{i}",
-                             {"attr": attr, "person": p.name, "known": True, "n_facts": len(triples)}))
-    return out
-
-
-def _memory2(world: World, split: str, size: int, rng: random.Random) -> list[QAExample]:
-    out = _memory(world, split, size, rng)
-    for e in out:
-        e.id = e.id.replace("toy-memory", "toy2-memory")
-    return out
-
-
-_BUILDERS = {"toy-open": _open, "toy-conflict": _conflict, "toy-memory": _memory,
-             "toy2-open": _open2, "toy2-conflict": _conflict2, "toy2-memory": _memory2}
+_BUILDERS = {"toy-open": _open, "toy-conflict": _conflict, "toy-memory": _memory}
+_BUILDERS.update({"toy2" + k[3:]: functools.partial(f, v2=True) for k, f in _BUILDERS.items()})
 
 
 @functools.lru_cache(maxsize=32)
