@@ -40,24 +40,21 @@ def seed_int(text: str) -> int:
     return v
 
 
-def positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number > 0") from None
-    if not (v > 0 and v != float("inf")):  # also rejects nan
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a finite number > 0")
-    return v
+def _float_where(ok, wanted: str):
+    """An argparse type: a float for which ``ok(value)`` holds (NaN never does), else one line naming ``wanted``."""
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; give {wanted}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {wanted}")
+        return v
+    return parse
 
 
-def probability(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a number in (0, 1]") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is out of range; give a number in (0, 1]")
-    return v
+positive_float = _float_where(lambda v: 0 < v < float("inf"), "a finite number > 0")
+probability = _float_where(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
 
 
 positive_float.__name__ = seed_int.__name__ = "number"
