@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SEED   ?= 826
 OUT    ?= demo_out
 
-.PHONY: setup demo test test-slow figures families bench clean
+.PHONY: setup demo test test-slow figures families bench bench-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -39,6 +39,12 @@ families: setup
 bench: setup
 	$(PY) benchmarks/trace_overhead.py
 	$(PY) benchmarks/train_cost.py
+	$(PY) benchmarks/board.py
+
+# Long: real layer shapes (~20 min on 2 CPU cores) and the CE-without-training measurements (~30 min).
+bench-long: setup
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/ces_without_training.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache
