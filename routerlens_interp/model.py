@@ -97,7 +97,8 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     """Load an MoE model.
 
     Args:
-        name_or_path: ``"toy"`` (the bundled model), a hub id (``"allenai/OLMoE-1B-7B-0924-Instruct"``)
+        name_or_path: ``"toy"`` (the bundled model; ``"toy-v1"`` names the same world-v1 model and stays
+            loadable under that name if a world-v2 model becomes the default), a hub id (``"allenai/OLMoE-1B-7B-0924-Instruct"``)
             or a local directory written by ``save_pretrained``.
         device: where to put it (``"cuda"``, ``"cpu"``, ...); default CPU. ``device_map`` may be passed
             in ``hf_kwargs`` instead for multi-GPU sharding.
@@ -110,6 +111,8 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if name_or_path == "toy-v1":
+        name_or_path = "toy"
     path = str(TOY_DIR) if name_or_path == "toy" else str(name_or_path)
     if name_or_path == "toy" and not (TOY_DIR / "config.json").exists():
         raise FileNotFoundError(f"the bundled toy model is missing from {TOY_DIR}; reinstall the package or "

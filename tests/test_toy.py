@@ -199,3 +199,14 @@ def test_recipe_world_v2_marks_the_model(tmp_path, monkeypatch):
     assert model_world(AutoConfig.from_pretrained(WEIGHTS_DIR)) == "v1"
     with pytest.raises(ValueError, match="v1"):
         toy_prefix("v3")
+
+
+def test_toy_v1_names_the_shipped_model():
+    import routerlens_interp as rl
+    from routerlens_interp.toy.evaluate import model_world
+
+    a, b = rl.load("toy"), rl.load("toy-v1")
+    assert a.name == b.name == "toy" and model_world(b.hf.config) == "v1"
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(a.hf(ids).logits, b.hf(ids).logits)
