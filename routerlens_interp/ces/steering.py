@@ -9,7 +9,7 @@ from typing import Iterator, Mapping
 import torch
 
 from ..errors import UserError
-from ..hooks.selfcheck import RerouteUnavailable, check_reroute
+from ..hooks.selfcheck import require_reroute
 from ..hooks.tap import logit_bias
 
 
@@ -56,12 +56,7 @@ def boost_experts(lm, experts: Mapping[int, list[int]], beta: float) -> Iterator
     spec, hooks = lm.spec, lm.hooks
     clean = _clean(spec, experts)
     if clean:
-        refused = check_reroute(lm)
-        bad = {l: refused[l] for l in clean if l in refused}
-        if bad:
-            l, why = next(iter(bad.items()))
-            raise RerouteUnavailable(f"{spec.family}: steering is not available on layer(s) {sorted(bad)} ({why}); "
-                                     f"it edits the routing as mode='reroute' masking does")
+        require_reroute(lm, clean, "steering", "it edits the routing as mode='reroute' masking does")
     with ExitStack() as stack:
         for layer, ids in clean.items():
             bias = torch.zeros(spec.n_experts)

@@ -144,6 +144,16 @@ def check_reroute(lm) -> dict[int, str]:
     return spec.reroute_refused
 
 
+def require_reroute(lm, layers, what: str, fix: str) -> None:
+    """Raise :class:`RerouteUnavailable` naming the family, layers and reason when the model's self-check
+    refused routing edits on any of ``layers``; ``what`` names the intervention, ``fix`` the way out."""
+    refused = check_reroute(lm)
+    bad = {l: refused[l] for l in layers if l in refused}
+    if bad:
+        why = next(iter(bad.values()))
+        raise RerouteUnavailable(f"{lm.spec.family}: {what} is not available on layer(s) {sorted(bad)} ({why}); {fix}")
+
+
 def _refuse_all(lm, reason):
     for l in lm.spec.moe_layers:
         lm.spec.reroute_refused.setdefault(l, reason)

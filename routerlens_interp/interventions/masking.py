@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from ..hooks.selfcheck import RerouteUnavailable, check_reroute, masking_edits
+from ..hooks.selfcheck import RerouteUnavailable, masking_edits, require_reroute
 
 MODES = ("reroute", "zero")
 
@@ -98,12 +98,7 @@ def mask_experts(lm, experts: Mapping[int, list[int]], mode: str = "reroute") ->
     spec, hooks = lm.spec, lm.hooks
     clean = normalize_mask(spec, experts, mode)
     if mode == "reroute" and clean:
-        refused = check_reroute(lm)
-        bad = {l: refused[l] for l in clean if l in refused}
-        if bad:
-            l, why = next(iter(bad.items()))
-            raise RerouteUnavailable(f"{spec.family}: reroute is not available on layer(s) {sorted(bad)} ({why}); "
-                                     f"use mode='zero'")
+        require_reroute(lm, clean, "reroute", "use mode='zero'")
         for layer, ids in clean.items():
             prior = active_mask(lm, layer, "reroute")
             union = _bool_mask(ids, spec.n_experts) | (prior if prior is not None else False)
