@@ -117,16 +117,9 @@ def measure(mem: Mem, fn, device: str) -> dict:
 # -------------------------------------------------------------------------------------------- model
 def tokenizer():
     """A byte-level BPE tokenizer of 1,000 tokens (its ids are a subset of the real vocabulary)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from train_cost import word_tokenizer  # benchmarks/ is on sys.path when a benchmark runs as a script
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<eos>", "<bos>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
+    return word_tokenizer(WORDS)
 
 
 def build(shape: str, layers: int, device: str, dtype=None):

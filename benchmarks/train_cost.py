@@ -38,7 +38,6 @@ def build_model(path: Path) -> None:
     """Save a randomly initialised OLMoE-shaped model and a byte-level BPE tokenizer into ``path``."""
     import torch
     import transformers as tf
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     torch.manual_seed(0)
     cfg = tf.OlmoeConfig(vocab_size=1024, hidden_size=256, intermediate_size=256, num_hidden_layers=6,
@@ -47,14 +46,21 @@ def build_model(path: Path) -> None:
                          pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=False)
     model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
     model.save_pretrained(path)
+    word_tokenizer(WORDS).save_pretrained(path)
+
+
+def word_tokenizer(words):
+    """A byte-level BPE tokenizer of at most 1,000 tokens trained on ``words`` (the benchmarks' vocabulary)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<eos>", "<bos>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tk.train_from_iterator([" ".join(WORDS)] * 4, trainer)
-    tf.PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>",
-                               bos_token="<bos>").save_pretrained(path)
+    tk.train_from_iterator([" ".join(words)] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>")
 
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
