@@ -7,7 +7,6 @@ nothing is unpickled.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,39 +84,30 @@ class ExpertScores:
 
     # ---------------------------------------------------------------------------------------- files
     def save(self, path: str | Path) -> None:
-        """Write a ``.safetensors`` file: the tensors, and the rest as JSON in its header."""
-        from safetensors.torch import save_file
+        """Write a ``.safetensors`` file (:mod:`~routerlens_interp.safe_state`: the tensors, the rest as JSON
+        in its header; written atomically; nothing in it can run code when loaded)."""
+        from .. import safe_state
 
-        tensors = {"scores": self.scores.double().contiguous()}
-        if self.measured is not None:
-            tensors["measured"] = self.measured.to(torch.uint8).contiguous()
-        header = {"format": _FORMAT, "layers": list(self.layers), "kind": self.kind, "metric": self.metric,
-                  "n_examples": int(self.n_examples), "top_k": int(self.top_k), "base": self.base,
-                  "meta": self.meta}
-        save_file(tensors, str(path), metadata={"routerlens": json.dumps(header, default=float)})
+        safe_state.save(path, {"scores": self.scores.double().contiguous(), "layers": list(self.layers),
+                               "measured": None if self.measured is None else self.measured.to(torch.uint8),
+                               "kind": self.kind, "metric": self.metric, "n_examples": int(self.n_examples),
+                               "top_k": int(self.top_k), "base": self.base, "meta": self.meta}, _FORMAT)
 
     @classmethod
     def load(cls, path: str | Path) -> "ExpertScores":
         """Read a file written by :meth:`save`; anything else is refused with the reason."""
-        from safetensors import SafetensorError, safe_open
+        from .. import safe_state
 
         p = Path(path)
         if not p.exists():
             raise UserError(f"no expert-scores file at {p}; write one with `routerlens attribute --out FILE`")
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                header = json.loads((f.metadata() or {}).get("routerlens", "{}"))
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (SafetensorError, OSError, ValueError) as err:
-            raise UserError(f"{p} is not a safetensors file of expert scores ({err})") from None
-        if header.get("format") != _FORMAT or "scores" not in tensors:
-            raise UserError(f"{p} is a safetensors file but not expert scores (written by `routerlens attribute`)")
-        s = tensors["scores"]
-        if s.dim() != 2 or s.shape[0] != len(header["layers"]):
-            raise UserError(f"{p}: scores of shape {tuple(s.shape)} do not match its {len(header['layers'])} layers")
-        m = tensors.get("measured")
-        return cls(s, [int(x) for x in header["layers"]], header["kind"], header["metric"], int(header["n_examples"]),
-                   int(header["top_k"]), header.get("base"), None if m is None else m.bool(), header.get("meta") or {})
+        d = safe_state.load(p, _FORMAT, "write expert scores with `routerlens attribute --out FILE`")
+        s = d.get("scores") if isinstance(d, dict) else None
+        if not isinstance(s, torch.Tensor) or s.dim() != 2 or s.shape[0] != len(d.get("layers") or []):
+            raise UserError(f"{p}: its scores do not match its layers; write it again with `routerlens attribute`")
+        m = d.get("measured")
+        return cls(s, [int(x) for x in d["layers"]], d["kind"], d["metric"], int(d["n_examples"]),
+                   int(d["top_k"]), d.get("base"), None if m is None else m.bool(), d.get("meta") or {})
 
 
 def rank(x: torch.Tensor) -> torch.Tensor:
