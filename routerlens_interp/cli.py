@@ -11,7 +11,7 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from .cli_checks import (add_debug, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
+from .cli_checks import (add_debug, add_png_flags, png_mode, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
                          positive_float, positive_int, probability, seed_int, user_errors)
 
 
@@ -134,6 +134,20 @@ def cmd_select(args) -> None:
           "\n".join(f"layer {l:>3}: {ids}" for l, ids in s.items()) + f"\n→ {args.out}")
 
 
+def recipe_config(recipe: str | None, method: str) -> dict:
+    """TrainConfig fields of a named recipe: ``paper`` (the paper's public recipe, = TrainConfig's defaults) or
+    ``toy`` (the bundled model's, as the demo trains); explicit flags override them."""
+    if recipe == "paper":
+        from .paper import paper_recipe
+
+        return paper_recipe()
+    if recipe == "toy":
+        from .demo import toy_recipes
+
+        return toy_recipes()[method]
+    return {}
+
+
 def _train(args, method: str) -> None:
     import routerlens_interp as rl
     from routerlens_interp.prompts import check_examples
@@ -152,7 +166,7 @@ def _train(args, method: str) -> None:
     cfg = dict(out_dir=args.out, resume=args.resume, progress=True, seed=args.seed, epochs=args.epochs, lr=args.lr,
                batch_size=args.batch_size, max_steps=args.max_steps, fsdp=args.fsdp or None,
                gradient_checkpointing=args.gradient_checkpointing or None, precision=args.precision)
-    cfg = {k: v for k, v in cfg.items() if v is not None}
+    cfg = {**recipe_config(args.recipe, method), **{k: v for k, v in cfg.items() if v is not None}}
     if method == "router":
         ad = rl.tune_router(lm, train, dev, **cfg)
     elif method == "ceft":
@@ -170,9 +184,10 @@ def cmd_analyze(args) -> None:
     from routerlens_interp.report import write_analysis
 
     check_out_dir(args.out)
+    png = png_mode(args)
     lm, data = _model_and_data(args, "test")
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
-    res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=not args.no_png)
+    res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=png)
     skipped = (f"; AAG over {res['n'] - res['n_skipped_aag']} of {res['n']} examples ({res['n_skipped_aag']} "
                "skipped: answer not in their context)") if res["n_skipped_aag"] else ""
     _emit(args, res, f"CAG/AAG/APG tables and figures → {args.out}{skipped}")
@@ -202,8 +217,10 @@ def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
     check_out_dir(args.out)
+    png = png_mode(args)
     seed_everything(args.seed)
-    report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=not args.no_png, model=args.model)
+    report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=png, model=args.model,
+                      log=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
     if args.json:
         print(json.dumps(report, default=float))
 
@@ -219,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the whole pipeline on the bundled model")
     d.add_argument("--out", default="demo_out", help="output directory (report.json, figures)")
     d.add_argument("--fast", action="store_true", help="few training steps and small samples (a smoke run)")
-    d.add_argument("--no-png", action="store_true", help="skip PNG export (HTML only)")
+    add_png_flags(d)
     d.add_argument("--model", default="toy", help="the bundled model (default), or a directory written by "
                                                   "`python -m routerlens_interp.toy.pretrain` (same synthetic world)")
     # Measured on 2 shared cores: one thread ran the bundled model 20-80x faster than two.
@@ -273,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                            help="train only parameters whose name matches (e.g. self_attn): where does a skill live?")
         t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
         t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
+        t.add_argument("--recipe", choices=("paper", "toy"), default=None,
+                       help="paper: lr 5e-4, 3 epochs, cosine with 10%% warm-up, batch 8, examples over 300 tokens "
+                            "dropped, best checkpoint by dev loss (also the default); toy: the bundled model's recipe "
+                            "(as the demo); --epochs/--lr/... override it")
         t.add_argument("--epochs", type=positive_int, default=None)
         t.add_argument("--lr", type=positive_float, default=None)
         t.add_argument("--batch-size", type=positive_int, default=None)
@@ -296,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     g.add_argument("--mask", help="experts.json: analyse what masking them does")
     a.add_argument("--layer", type=non_negative_int, default=None, help="layer for the per-token attention figure")
-    a.add_argument("--no-png", action="store_true")
+    add_png_flags(a)
     a.add_argument("--out", required=True)
     a.set_defaults(func=cmd_analyze)
 
@@ -311,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(func=cmd_knockout)
     from .cli_ces import add_parsers as add_ces_parsers  # attribute, contrast, steer
     add_ces_parsers(sub, _common)
+    from .cli_run import add_parser as add_run_parser  # the whole method on any model
+    add_run_parser(sub, _common)
     return p
 
 

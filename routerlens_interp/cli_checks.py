@@ -12,7 +12,7 @@ from pathlib import Path
 
 __all__ = ["positive_int", "non_negative_int", "seed_int", "positive_float", "probability", "check_out_file",
            "check_out_dir", "check_device", "load_model", "first_line", "one_line", "user_errors", "describe_error",
-           "add_debug"]
+           "add_debug", "add_png_flags", "png_mode"]
 
 
 # --- numbers at the boundary: argparse turns an ArgumentTypeError into a usage line and exit 2 -----
@@ -219,3 +219,21 @@ def add_debug(parser: argparse.ArgumentParser) -> None:
                 if "--debug" not in sp._option_string_actions:
                     # SUPPRESS: a subcommand's default must not overwrite a --debug given before it
                     sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=help_)
+
+
+def add_png_flags(p: argparse.ArgumentParser) -> None:
+    """``--png`` (required: checked before any work) / ``--no-png``; default: PNGs where kaleido finds a browser."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--png", dest="png", action="store_const", const=True, default="auto",
+                   help="require PNG figures (fails at once when no Chromium is found); default: HTML always, PNG "
+                        "too when kaleido finds a Chromium")
+    g.add_argument("--no-png", dest="png", action="store_const", const=False, help="HTML figures only")
+
+
+def png_mode(args):
+    """``True`` / ``False`` / ``"auto"``; with ``--png`` the exporter is checked now, before the work starts."""
+    from .plot_export import resolve_png
+
+    if args.png is True:
+        resolve_png(True)
+    return args.png

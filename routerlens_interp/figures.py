@@ -22,7 +22,8 @@ def toy_training_figure(out: Path) -> Path:
     from .model import TOY_DIR
     from .toy.figure import training_figure
 
-    return plot.save_figures({"toy_training": training_figure(TOY_DIR / "training_log.jsonl")}, out, html=False)[0]
+    return plot.save_figures({"toy_training": training_figure(TOY_DIR / "training_log.jsonl")}, out, html=False,
+                             png=True)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,16 +40,24 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    from .plot_export import resolve_png
+
+    png = resolve_png("auto")  # said once when no browser: the figures then come as HTML
     seed_everything(args.seed)
+    ext = "png" if png else "html"
     with tempfile.TemporaryDirectory() as tmp:
-        report = run_demo(Path(tmp), seed=args.seed, png=True)
+        report = run_demo(Path(tmp), seed=args.seed, png=png)
         for src, dst in KEEP.items():
+            src, dst = src.replace(".png", f".{ext}"), dst.replace(".png", f".{ext}")
             shutil.copy(Path(tmp) / src, out / dst)
-        for f in (Path(tmp) / "analysis").glob("token_attention_diff_layer*.png"):
-            shutil.copy(f, out / "token_attention_diff.png")
+        for f in (Path(tmp) / "analysis").glob(f"token_attention_diff_layer*.{ext}"):
+            shutil.copy(f, out / f"token_attention_diff.{ext}")
+        if not png:
+            shutil.copy(Path(tmp) / "plotly.min.js", out / "plotly.min.js")
     (out / "demo_report.json").write_text(json.dumps(report, indent=2, default=float))
-    toy_training_figure(out)
-    print(f"figures → {out}")
+    if png:
+        toy_training_figure(out)
+    print(f"figures → {out}" + ("" if png else f" as HTML (no PNGs: no Chromium; the PNGs in {out} were not updated)"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from .plot_bars import knockout_bars, masking_bars  # noqa: F401
-from .plot_export import (FONT_FAMILY, _esc, clean_token, jaccard_matrix, save_figures,  # noqa: F401
+from .plot_export import (FONT_FAMILY, _esc, clean_token, jaccard_matrix, png_unavailable, resolve_png, save_figures,  # noqa: F401
                           text_width, token_attention_diff)
 from .plot_style import (_METRIC_NAMES, _TOP_LEGEND, COLORS, DIV_SCALE, SEQ_SCALE, SEQUENCE,  # noqa: F401
                          _np, _style)

@@ -4,8 +4,10 @@ Use them through ``routerlens_interp.plot`` (which re-exports everything public 
 """
 from __future__ import annotations
 
+import os
 import re
 import unicodedata
+import warnings
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -211,12 +213,65 @@ def _safe_name(name: str) -> str:
     return s or "figure"
 
 
-def save_figures(figs: Mapping[str, go.Figure], out_dir: str | Path, png: bool = True, html: bool = True,
+def png_unavailable() -> str | None:
+    """Why PNG export cannot run here (no kaleido, no Chromium where kaleido looks), or ``None`` when it can.
+
+    Cheap (no browser is started): kaleido's own lookup (``BROWSER_PATH``, ``PATH``, the usual install paths).
+    A browser that is found but does not start is only discovered by an export (``png="auto"`` then skips).
+    """
+    try:
+        import kaleido  # noqa: F401
+        from choreographer.browsers.chromium import Chromium
+    except ImportError as e:  # pragma: no cover - kaleido is a dependency
+        return f"kaleido is not importable ({e})"
+    try:
+        path = Chromium.find_browser(skip_local=False)
+    except Exception as e:  # any failure of the lookup means: no usable browser
+        return f"looking for Chromium failed ({type(e).__name__}: {e})"
+    if not path or not Path(path).is_file() or not os.access(path, os.X_OK) or Path(path).stat().st_size == 0:
+        return "no Chromium found"
+    return None
+
+
+_png_note_shown = False
+
+
+def _skip_png_note(reason: str) -> None:
+    """Say once per process that PNGs were skipped and how to get them (HTML figures are always written)."""
+    global _png_note_shown
+    if not _png_note_shown:
+        _png_note_shown = True
+        warnings.warn(f"PNG figures skipped ({reason}); the HTML figures are written. For PNGs too: "
+                      "apt-get install chromium (kaleido finds it), then re-run", stacklevel=3)
+
+
+def resolve_png(png: bool | str) -> bool:
+    """``png`` ∈ {True, False, "auto"} → whether to write PNGs now.
+
+    ``True`` demands PNGs (:class:`PngExportUnavailable` when the exporter cannot run: call this before long work
+    so it fails first); ``"auto"`` writes them when a browser is found and otherwise says so once.
+    """
+    if png is False or png is None:
+        return False
+    if png not in (True, "auto"):
+        raise ValueError(f"png must be True, False or 'auto'; got {png!r}")
+    why = png_unavailable()
+    if why is None:
+        return True
+    if png is True:
+        raise PngExportUnavailable(f"PNG export cannot run ({why}): {_CHROMIUM_MSG}")
+    _skip_png_note(why)
+    return False
+
+
+def save_figures(figs: Mapping[str, go.Figure], out_dir: str | Path, png: bool | str = "auto", html: bool = True,
                  scale: float = 2) -> list[Path]:
     """Write each figure as ``<name>.html`` and ``<name>.png`` into ``out_dir``; returns the paths.
 
     HTML files share one ``plotly.min.js`` in ``out_dir`` (they open offline; it is in the returned list). PNGs are rendered in
-    one kaleido/Chromium session for all figures (starting the browser costs seconds).
+    one kaleido/Chromium session for all figures (starting the browser costs seconds). ``png="auto"`` (default) writes
+    them when kaleido finds a browser and otherwise skips them with one note (an export that fails to start the
+    browser is skipped the same way); ``png=True`` raises :class:`PngExportUnavailable` instead; ``png=False`` skips.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -233,8 +288,13 @@ def save_figures(figs: Mapping[str, go.Figure], out_dir: str | Path, png: bool =
             fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
             written.append(path)
         written.append(out / "plotly.min.js")  # shared by the HTML files, written by plotly once
-    if png and figs:
-        written += _write_pngs({out / f"{names[n]}.png": f for n, f in figs.items()}, scale)
+    if figs and resolve_png(png):
+        try:
+            written += _write_pngs({out / f"{names[n]}.png": f for n, f in figs.items()}, scale)
+        except Exception as e:  # auto: a browser that was found but does not start must not lose the run's work
+            if png is True:
+                raise
+            _skip_png_note(f"the export failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
     return written
 
 

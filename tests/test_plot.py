@@ -291,14 +291,16 @@ def test_save_figures_html_only(tmp_path):
 
 def test_save_figures_missing_chromium_message(tmp_path, monkeypatch):
     import kaleido
+    from routerlens_interp import plot_export
     from choreographer.errors import ChromeNotFoundError
 
     def boom(*a, **k):
         raise ChromeNotFoundError("no chrome")
 
     monkeypatch.setattr(kaleido, "write_fig_from_object_sync", boom)
+    monkeypatch.setattr(plot_export, "png_unavailable", lambda: None)  # a browser "found" that does not start
     with pytest.raises(RuntimeError, match=r"apt-get install chromium.*png=False") as info:
-        P.save_figures({"x": P.logit_lens([0, 1], [0.1, 0.2])}, tmp_path, html=False)
+        P.save_figures({"x": P.logit_lens([0, 1], [0.1, 0.2])}, tmp_path, html=False, png=True)
     # a UserError: the CLI prints it as one line (exit 2) instead of a traceback
     from routerlens_interp.errors import UserError
     assert isinstance(info.value, UserError) and "--no-png" in str(info.value)

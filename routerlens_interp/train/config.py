@@ -88,6 +88,14 @@ class TrainConfig:
         cfg.check()
         return cfg
 
+    @classmethod
+    def paper(cls, **overrides) -> "TrainConfig":
+        """The paper's public recipe (OLMoE-1B-7B-Instruct): lr 5e-4, 3 epochs, cosine schedule with 10 % warm-up,
+        batch 8, examples over 300 tokens dropped (counted, warned), best checkpoint by dev loss, seed 826."""
+        from ..paper import paper_recipe
+
+        return cls.make(paper_recipe(), **overrides)
+
     def check(self) -> None:
         if self.batch_size < 1 or self.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be ≥ 1")
