@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 SEED   ?= 826
 OUT    ?= demo_out
 
-.PHONY: setup demo test test-slow figures families bench bench-long clean
+.PHONY: setup demo test test-slow docs figures families bench bench-long clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,12 @@ demo: setup
 # One torch thread: on 2 shared cores, two threads ran the small models 20-80x slower (spin-waits).
 test: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests $(if $(wildcard notebooks/*.ipynb),--nbmake notebooks,)
+	$(MAKE) --no-print-directory docs
+
+# The docs site (docs/ + mkdocs.yml) into site/; --strict: a broken link, a missing page or a docstring
+# mkdocstrings cannot render fails the build. No network: no web fonts, no remote scripts.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 test-slow: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m slow tests
@@ -31,10 +37,10 @@ test-slow: setup
 figures: setup
 	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
 
-# The README's architectures table, generated from the family suite's results.
+# The architectures table (docs/architectures.md; counts in the README), generated from the family suite's results.
 families: setup
 	ROUTERLENS_FAMILY_REPORT=assets/families.json OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_families.py
-	$(PY) tests/family_report.py assets/families.json README.md
+	$(PY) tests/family_report.py assets/families.json docs/architectures.md README.md
 
 bench: setup
 	$(PY) benchmarks/trace_overhead.py
@@ -47,4 +53,4 @@ bench-long: setup
 	$(PY) benchmarks/ces_without_training.py
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache
+	rm -rf $(VENV) $(OUT) .pytest_cache site

@@ -1,7 +1,8 @@
-"""Render the family suite's results (``ROUTERLENS_FAMILY_REPORT`` JSON) as the README's architectures table.
+"""Render the family suite's results (``ROUTERLENS_FAMILY_REPORT`` JSON) as the docs' architectures table.
 
-``python tests/family_report.py assets/families.json README.md`` replaces the text between the
-``<!-- families:start -->`` and ``<!-- families:end -->`` markers; ``make families`` runs the suite first.
+``python tests/family_report.py assets/families.json docs/architectures.md README.md`` replaces the text between
+the ``<!-- families:start -->`` and ``<!-- families:end -->`` markers: in the docs page with the full table and
+its notes, in the README with the counts and a link to that page. ``make families`` runs the suite first.
 """
 from __future__ import annotations
 
@@ -27,15 +28,38 @@ def mark(status: str | None) -> tuple[str, str | None]:
     return "✗", status
 
 
-def render(report: dict) -> str:
-    res, cases = report["results"], report["cases"]
+def counts(report: dict) -> dict:
+    """``{"families", "loaded", "full", "refused", "tl"}``: how many families the suite tried, load, pass every
+    stage with no refusal, are refused at load, and have a working TransformerLens bridge."""
+    res = report["results"]
     full = [f for f in res if all(mark(res[f].get(k))[0].startswith("✓") or k == "tl" for k, _ in STAGES[:-1])
             and "knockout" not in res[f]]
     loaded = [f for f in res if not res[f]["load"].startswith("refused")]
-    lines = [f"{len(loaded)} of {len(res)} MoE families of transformers load and pass every stage they are not refused "
-             f"with a reason; {len(full)} pass every stage with no refusal at all; "
-             f"{len(res) - len(loaded)} are refused by name at load with the reason. "
-             "✓ passes, ✓* passes with the note below, ✗ refused with the reason below, · not run.", "",
+    tl = [f for f in res if mark(res[f].get("tl"))[0].startswith("✓")]
+    return {"families": len(res), "loaded": len(loaded), "full": len(full), "refused": len(res) - len(loaded),
+            "tl": len(tl)}
+
+
+def headline(report: dict) -> str:
+    """The counts as one sentence."""
+    c = counts(report)
+    return (f"{c['loaded']} of {c['families']} MoE families of transformers load and pass every stage they are not "
+            f"refused with a reason; {c['full']} pass every stage with no refusal at all; "
+            f"{c['refused']} are refused by name at load with the reason.")
+
+
+def summary(report: dict, link: str = "docs/architectures.md") -> str:
+    """The README's part: the counts, the TransformerLens coverage, and a link to the full table."""
+    c = counts(report)
+    return (headline(report) + f" The TransformerLens backend bridges {c['tl']} of them (the nnsight backend traces "
+            f"every family that loads). Full table, with the reason for every refusal: [{link}]({link}).")
+
+
+def render(report: dict) -> str:
+    """The full table (one row per family, one column per stage) and its notes, as Markdown."""
+    res, cases = report["results"], report["cases"]
+    lines = [headline(report) + " ✓ passes, ✓* passes with the note below, ✗ refused with the reason below, "
+             "· not run.", "",
              "| family | routing rule | " + " | ".join(h for _, h in STAGES) + " |",
              "|---|---|" + "---|" * len(STAGES)]
     notes = []
@@ -60,12 +84,20 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(report_path: str, readme: str) -> None:
-    table = render(json.load(open(report_path)))
-    text = open(readme).read()
+def replace_between_markers(path: str, body: str) -> None:
+    """Write ``body`` between the ``START`` and ``END`` markers of the file at ``path`` (the rest is kept)."""
+    text = open(path, encoding="utf-8").read()
     a, b = text.index(START) + len(START), text.index(END)
-    open(readme, "w").write(text[:a] + "\n" + table + "\n" + text[b:])
+    open(path, "w", encoding="utf-8").write(text[:a] + "\n" + body + "\n" + text[b:])
+
+
+def main(report_path: str, page: str, readme: str | None = None) -> None:
+    """Full table into ``page`` (docs/architectures.md); counts + link into ``readme`` when given."""
+    report = json.load(open(report_path, encoding="utf-8"))
+    replace_between_markers(page, render(report))
+    if readme:
+        replace_between_markers(readme, summary(report))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    main(*sys.argv[1:4])
