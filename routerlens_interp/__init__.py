@@ -27,6 +27,7 @@ _EXPORTS = {
     "plot": ".plot", "widgets": ".widgets",
     "attribute_experts": ".ces", "expert_effects": ".ces", "routing_contrast": ".ces", "boost_experts": ".ces",
     "ExpertScores": ".ces",
+    "run_pipeline": ".pipeline", "RunData": ".pipeline", "Sizes": ".pipeline", "paper_numbers": ".paper",
 }
 
 __all__ = sorted(_EXPORTS)
