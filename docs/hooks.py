@@ -2,6 +2,8 @@
 
 - ``on_files``: the figures in ``assets/*.png`` (written by the project's own code: ``make figures``, the
   browser test's screenshot) are served as ``assets/<name>.png`` of the site, without a copy in ``docs/``.
+- ``on_page_content``: the docstrings' Sphinx roles (``:class:`~a.b.C` ``) are shown as code (``C``), since
+  mkdocstrings renders docstrings as Markdown and would print the role itself.
 - ``on_page_markdown``: ``<!-- demo-report:table -->`` and ``<!-- demo-report:mechanisms -->`` in a page become
   the headline table and the per-layer mechanisms of ``assets/demo_report.json`` (``make figures`` writes it),
   so the docs always show the measured numbers.
@@ -12,6 +14,7 @@ checks that it does).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -71,6 +74,19 @@ def mechanisms(report: dict) -> str:
     lines.append(f"| knockout: first answer token correct (%), none = {ko['none']:.1f} | "
                  + " | ".join(f"{acc[str(l)]:.1f}" for l in layers) + f" | all layers: {acc['all']:.1f} |")
     return "\n".join(lines)
+
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|attr|data|exc|obj|py:\w+):<code>(~?)([^<]+)</code>")
+
+
+def strip_roles(html: str) -> str:
+    """``:class:<code>~a.b.C</code>`` → ``<code>C</code>``; without ``~`` the full path stays."""
+    return _ROLE.sub(lambda m: f"<code>{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}</code>", html)
+
+
+def on_page_content(html, page, config, files):
+    """Show the docstrings' Sphinx roles as plain code (see the module docstring)."""
+    return strip_roles(html)
 
 
 def on_files(files, config):

@@ -215,3 +215,9 @@ def test_architectures_table_is_generated_from_the_family_results():
     assert block(README) == family_report.summary(report).strip()
     c = family_report.counts(report)
     assert c["families"] == len(report["results"]) and c["loaded"] + c["refused"] == c["families"]
+
+
+def test_sphinx_roles_in_docstrings_render_as_code():
+    hooks = _module(DOCS / "hooks.py", "routerlens_docs_hooks")
+    html = "Raises :class:<code>~routerlens_interp.arch.NotMoEError</code>; see :func:<code>a.b.f</code>."
+    assert hooks.strip_roles(html) == "Raises <code>NotMoEError</code>; see <code>a.b.f</code>."

@@ -1,7 +1,7 @@
 """Every MoE family in transformers: loaded from a saved tiny checkpoint, then checked stage by stage against
 independent computations (``family_oracle.py``). Each family either passes a stage or is refused with the
 reason; set ``ROUTERLENS_FAMILY_REPORT=path.json`` to write the results (``make families`` turns them into
-the README's table)."""
+the architectures table in docs/architectures.md)."""
 from __future__ import annotations
 
 import json
