@@ -34,8 +34,10 @@ docs: setup
 test-slow: setup
 	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -m slow tests
 
+# The figures and assets/demo_report.json from the project's code, then the README's headline table from that report.
 figures: setup
 	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
+	$(PY) docs/hooks.py --readme
 
 # The architectures table (docs/architectures.md; counts in the README), generated from the family suite's results.
 families: setup

@@ -8,8 +8,9 @@
   the headline table and the per-layer mechanisms of ``assets/demo_report.json`` (``make figures`` writes it),
   so the docs always show the measured numbers.
 
-``python docs/hooks.py`` prints the table; the README holds the same table verbatim (``tests/test_docs.py``
-checks that it does).
+The README holds the same table verbatim between ``<!-- demo-table:start -->`` and ``<!-- demo-table:end -->``
+(``tests/test_docs.py`` checks it); ``python docs/hooks.py --readme`` rewrites it there (``make figures`` does,
+after writing a new report), ``python docs/hooks.py`` prints it.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS = ROOT / "assets"
 REPORT = ASSETS / "demo_report.json"
 TABLE, MECHANISMS = "<!-- demo-report:table -->", "<!-- demo-report:mechanisms -->"
+README_START, README_END = "<!-- demo-table:start -->", "<!-- demo-table:end -->"
 
 
 def _paper() -> dict:
@@ -107,5 +109,16 @@ def on_page_markdown(markdown, page, config, files):
     return markdown
 
 
+def write_readme(readme: Path = ROOT / "README.md") -> None:
+    """Replace the README's table between its demo-table markers with the one of ``assets/demo_report.json``."""
+    text = readme.read_text(encoding="utf-8")
+    a, b = text.index(README_START) + len(README_START), text.index(README_END)
+    table = demo_table(json.loads(REPORT.read_text(encoding="utf-8")))
+    readme.write_text(text[:a] + "\n" + table + "\n" + text[b:], encoding="utf-8")
+
+
 if __name__ == "__main__":
-    print(demo_table(json.loads(REPORT.read_text(encoding="utf-8"))))
+    if sys.argv[1:] == ["--readme"]:
+        write_readme()
+    else:
+        print(demo_table(json.loads(REPORT.read_text(encoding="utf-8"))))

@@ -183,11 +183,23 @@ def test_readme_is_a_short_front_door():
 
 def test_readme_headline_table_is_the_demo_report():
     """The README's result table equals the one rendered from assets/demo_report.json (docs/hooks.py), so the
-    README cannot drift from the measured numbers; paste ``python docs/hooks.py``'s output after a new run."""
+    README cannot drift from the measured numbers (``python docs/hooks.py --readme`` rewrites it)."""
     hooks = _module(DOCS / "hooks.py", "routerlens_docs_hooks")
     table = hooks.demo_table(json.loads((ROOT / "assets" / "demo_report.json").read_text(encoding="utf-8")))
-    assert table in README.read_text(encoding="utf-8"), (
-        "README's headline table differs from assets/demo_report.json; replace it with:\n" + table)
+    text = README.read_text(encoding="utf-8")
+    between = text[text.index(hooks.README_START) + len(hooks.README_START):text.index(hooks.README_END)]
+    assert between.strip() == table, ("README's headline table differs from assets/demo_report.json; run "
+                                      "`python docs/hooks.py --readme`")
+
+
+def test_write_readme_rewrites_only_the_table(tmp_path):
+    hooks = _module(DOCS / "hooks.py", "routerlens_docs_hooks")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{hooks.README_START}\n| stale |\n{hooks.README_END}\nrest\n", encoding="utf-8")
+    hooks.write_readme(readme)
+    text = readme.read_text(encoding="utf-8")
+    assert "| stale |" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| router-tuned, 8 CEs/layer masked | 17.0 |" in text
 
 
 def test_demo_table_reads_the_report():
