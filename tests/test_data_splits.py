@@ -26,7 +26,8 @@ def rows(name):
 class FakeHub:
     """``datasets.load_dataset`` for the hub sets: (path, split) → that split's fixture rows."""
 
-    TABLE = {("rajpurkar/squad", "train"): "squad_train.jsonl", ("rajpurkar/squad", "validation"): "squad_validation.jsonl",
+    TABLE = {("rajpurkar/squad", "train"): "squad_train.jsonl",
+             ("rajpurkar/squad", "validation"): "squad_validation.jsonl",
              ("pminervini/NQ-Swap", "dev"): "nq_swap_dev.jsonl",
              ("mrqa-workshop/mrqa", "train"): "mrqa_train.jsonl",
              ("mrqa-workshop/mrqa", "validation"): "mrqa_validation.jsonl",
@@ -40,7 +41,8 @@ class FakeHub:
         if path == "mrqa-workshop/mrqa" and config != ("plain_text",):
             raise ValueError("Config name is missing")
         if (path, split) not in self.TABLE:
-            raise ValueError(f'Unknown split "{split}". Should be one of {sorted(s for p, s in self.TABLE if p == path)}.')
+            known = sorted(s for p, s in self.TABLE if p == path)
+            raise ValueError(f'Unknown split "{split}". Should be one of {known}.')
         got = rows(self.TABLE[path, split])
         if self.shuffle is not None:
             random.Random(self.shuffle).shuffle(got)
@@ -223,9 +225,10 @@ def test_paper_split_files_load_as_splits():
 
 def test_missing_split_file_lists_what_exists(tmp_path):
     (tmp_path / "train.json").write_text((PAPER / "train.json").read_text())
-    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in json.loads((PAPER / "test.json").read_text())))
+    test = json.loads((PAPER / "test.json").read_text())
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in test))
     assert len(load_dataset(tmp_path, split="test")) == 4
-    with pytest.raises(UserError, match=r"no dev split file \(dev.json.*it holds train \(train.json\), test \(test.jsonl\)"):
+    with pytest.raises(UserError, match=r"no dev split file \(dev.json.*holds train \(train.json\), test \(test.jsonl"):
         load_dataset(tmp_path, split="dev")
 
 

@@ -102,11 +102,11 @@ def describe_hub_failure(err: BaseException) -> tuple[str, str]:
                          "(`hf auth login`, or set HF_TOKEN)")
     if any(n & set(_OFFLINE) for n in names) or "offline" in text or "couldn't reach" in text:
         return "offline", ("no network connection: connect, or run where the data set is in the `datasets` cache "
-                           "(HF_DATASETS_OFFLINE=1 then reads it from there), or pass a local file or directory")
+                           "(HF_DATASETS_OFFLINE=1 then reads it from there), or pass a local file path or directory")
     if any(n & set(_NOT_FOUND) for n in names) or any(_status(e) == 404 for e in chain):
         return "not found", ("nothing at that address: check the name (and ROUTERLENS_CONFIQA_URL if set), or pass a "
-                             "local file or directory")
-    return "failed", "pass a local file or directory instead"
+                             "local file path or directory")
+    return "failed", "pass a local file path or directory instead"
 
 
 def fetch_rows(name: str, spec: HubSpec, hub_split: str) -> list[dict]:
@@ -129,7 +129,8 @@ def fetch_rows(name: str, spec: HubSpec, hub_split: str) -> list[dict]:
     except Exception as err:  # offline, unknown repo, gated, …
         kind, fix = describe_hub_failure(err)
         cause = next((l.strip() for l in str(err).splitlines() if l.strip()), "")
-        raise HubDataUnavailable(f"could not load {name!r} from {where} (split {hub_split!r}): {kind} "
+        host = "GitHub" if spec.data_files is not None else "the hub"
+        raise HubDataUnavailable(f"could not load {name!r} from {host} ({where}, split {hub_split!r}): {kind} "
                                  f"({type(err).__name__}: {cause[:200]}); {fix}") from err
     if spec.subset is not None:
         columns = list(getattr(ds, "column_names", None) or [])

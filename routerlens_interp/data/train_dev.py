@@ -67,7 +67,8 @@ def train_dev_data(data: str | os.PathLike, split: str | None = None, dev: str |
         dev_examples = load_dataset(dev, split=default_split(dev, dev_split, "dev"))
         dev_name = os.fspath(dev)
     if not train:
-        raise UserError(f"{data}: no training examples (split {part or 'whole file'}); check --data / --split / --limit")
+        raise UserError(f"{data}: no training examples (split {part or 'whole file'}); check --data, --split and "
+                        "--limit")
     if not dev_examples:
         raise UserError(f"{dev_name}: the dev set is empty; give another --dev or --dev-split")
     notes = []
