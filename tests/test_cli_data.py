@@ -116,3 +116,27 @@ def test_training_on_one_file_holds_out_its_dev_and_test_parts(model, tmp_path, 
     assert seen["train"] == [e.question for e in load_dataset(f, split="train")]
     assert seen["dev"] == [e.question for e in load_dataset(f, split="dev")]  # the old CLI: the file's last 10 %
     assert "note:" in err and f"--data {f} --split test" in err
+
+
+def test_a_template_that_trims_accepts_questions_ending_in_white_space(model, tmp_path, capsys):
+    """Llama-3 style ``| trim``: 141 of RouterLens' 4,330 SQuAD dev questions end in white space; the old
+    loader kept it, the trimmed render no longer held the prompt, and the whole data set was refused."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "trim"
+    shutil.copytree(model, d)
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.chat_template = ("{% for m in messages %}<|user|>\n{{ m['content'] | trim }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+    tok.save_pretrained(d)
+    recs = [{"context": "Paris is the capital of France.", "question": "What is the capital of France? ",
+             "answer": "Paris"},
+            {"context": " Rome is the capital of Italy. ", "question": "\tWhat is the capital of Italy?\n",
+             "answer": "Rome"}]
+    f = tmp_path / "ws.json"
+    f.write_text(json.dumps(recs))
+    code, out, err = run(capsys, "evaluate", "--model", d, "--data", f, "--json", "--max-new-tokens", 1)
+    assert code == 0, err
+    assert json.loads(out)["n"] == 2

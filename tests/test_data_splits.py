@@ -315,3 +315,13 @@ def test_train_dev_data(tmp_path, hub):
     assert len(d.train) == 40 and len(d.dev) == 4 and d.n_test is None
     with pytest.raises(UserError, match="test split of .*routerlens_nq_swap"):
         train_dev_data(PAPER, dev=PAPER / "test.json")
+
+
+def test_a_bare_name_is_the_hub_set_even_beside_a_directory_of_that_name(tmp_path, hub, monkeypatch):
+    (tmp_path / "nq-swap").mkdir()
+    for s in ("train", "dev", "test"):
+        (tmp_path / "nq-swap" / f"{s}.json").write_text((PAPER / f"{s}.json").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert len(load_dataset("nq-swap", split="all")) == 13 and hub.calls[-1][0] == ("pminervini/NQ-Swap",)
+    assert len(load_dataset("./nq-swap", split="all")) == 14  # the directory
+    assert train_dev_data("./nq-swap", drop_dev_overlap=True).n_test == 4

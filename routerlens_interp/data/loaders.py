@@ -19,7 +19,7 @@ from .splits import DEV_FROM_TRAIN, SINGLE_SPLIT_FRACTIONS, cut, normalize_split
 
 __all__ = ["load_dataset", "read_records", "records_to_examples", "HubSpec", "HUB_DATASETS", "TOY_NAMES",
            "SINGLE_SPLIT_FRACTIONS", "DEV_FROM_TRAIN", "CONFIQA_URL", "HubDataUnavailable", "accepted_names",
-           "split_files", "is_single_file", "default_split"]
+           "split_files", "is_single_file", "is_directory", "default_split"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,17 @@ def is_single_file(name_or_path: str | os.PathLike) -> bool:
     return Path(os.fspath(name_or_path)).expanduser().is_file()
 
 
+def is_directory(name_or_path: str | os.PathLike) -> bool:
+    """True when ``load_dataset`` reads ``name_or_path`` as a directory of split files (a bare toy / hub
+    name means that data set even where a directory of that name exists; write ``./name`` for it)."""
+    raw = os.fspath(name_or_path)
+    key = raw.strip().lower().replace("_", "-")
+    named = os.sep not in raw and "/" not in raw
+    if named and (key in TOY_NAMES or key in HUB_DATASETS):
+        return False
+    return Path(raw).expanduser().is_dir()
+
+
 def default_split(name_or_path: str | os.PathLike, split: str | None, default: str) -> str | None:
     """The split a command uses: ``split`` when given; else ``None`` (the whole file) for a single local
     file, ``default`` for anything with splits (hub and toy names, directories of split files)."""
@@ -286,7 +297,7 @@ def load_dataset(name_or_path: str | os.PathLike, split: str | None = None, limi
                            source=path.name)[part]
     else:
         part = normalize_split("test" if split is None else split)
-        if path.is_dir():
+        if is_directory(raw):  # a bare name is a toy / hub name; ./squad is a directory
             examples = _load_dir(path, part, format)
         elif key in TOY_NAMES:
             examples = _load_toy(key, part)

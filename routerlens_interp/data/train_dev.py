@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError
 from ..examples import QAExample
-from .loaders import default_split, is_single_file, load_dataset, split_files
+from .loaders import default_split, is_directory, is_single_file, load_dataset, split_files
 from .splits import check_disjoint, normalize_split
 
 __all__ = ["TrainDevData", "train_dev_data", "test_split_of"]
@@ -30,7 +30,7 @@ def test_split_of(data: str | os.PathLike, cut_file: bool = True) -> list[QAExam
     path = os.fspath(data)
     if is_single_file(path):
         return load_dataset(path, split="test") if cut_file else None
-    if os.path.isdir(path) and "test" not in split_files(path):
+    if is_directory(path) and "test" not in split_files(path):
         return None
     return load_dataset(path, split="test")
 
