@@ -38,9 +38,9 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
                        help="train, dev (alias validation), test, or all (default: test for evaluation, train for "
                             "training). Dev never overlaps test: squad/nq/hotpotqa test = the hub's validation, dev "
                             "= a fixed 5 %% of the hub's train; nq-swap/confiqa are cut 80/10/10 (train/dev/test) "
-                            "by a fixed hash. A single file without --split is used whole by evaluation; with "
-                            "--split it is cut 80/10/10 the same way (training on a file without --dev trains on "
-                            "its train part and selects on its dev part)")
+                            "by a fixed hash. A single file without --split is used whole (but training without "
+                            "--dev trains on its train part and selects on its dev part); with --split it is cut "
+                            "80/10/10 the same way")
         p.add_argument("--limit", type=positive_int, default=None, help="use only the first N examples")
     p.add_argument("--seed", type=seed_int, default=826, help="random seed (default: 826, the paper's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
