@@ -325,3 +325,13 @@ def test_a_bare_name_is_the_hub_set_even_beside_a_directory_of_that_name(tmp_pat
     assert len(load_dataset("nq-swap", split="all")) == 13 and hub.calls[-1][0] == ("pminervini/NQ-Swap",)
     assert len(load_dataset("./nq-swap", split="all")) == 14  # the directory
     assert train_dev_data("./nq-swap", drop_dev_overlap=True).n_test == 4
+
+
+def test_mrqa_hub_shape_falls_back_on_detected_answers():
+    """The hub's ``detected_answers`` is a dict of lists (a sequence feature), not a list of dicts."""
+    from routerlens_interp.data import records_to_examples
+
+    r = dict(rows("mrqa_train.jsonl")[1], answers=[])
+    assert isinstance(r["detected_answers"], dict) and r["detected_answers"]["text"] == ["1889"]
+    (ex,) = records_to_examples([r])
+    assert ex.answers == ["1889"] and ex.id == "nq-t0" and ex.meta["subset"] == "NaturalQuestionsShort"
