@@ -158,6 +158,7 @@ def _train(args, method: str) -> None:
     for note in d.notes:
         print(f"routerlens {args.command}: note: {note}", file=sys.stderr)
     train, dev = d.train, d.dev
+    experts = rl.ExpertSet.load(args.experts) if method == "ceft" else None  # also before the model
     lm = _load(args)
     check_examples(lm, train, with_answer=True)
     check_examples(lm, dev, with_answer=True)
@@ -168,7 +169,7 @@ def _train(args, method: str) -> None:
     if method == "router":
         ad = rl.tune_router(lm, train, dev, **cfg)
     elif method == "ceft":
-        ad = rl.ceft(lm, train, dev, experts=rl.ExpertSet.load(args.experts), **cfg)
+        ad = rl.ceft(lm, train, dev, experts=experts, **cfg)
     else:
         ad = rl.full_finetune(lm, train, dev, only=args.only, **cfg)
     ad.save(args.out)

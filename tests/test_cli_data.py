@@ -45,6 +45,13 @@ def test_a_bad_dev_split_fails_before_the_model_loads(tmp_path, capsys, no_model
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_missing_experts_file_fails_before_the_model_loads(tmp_path, capsys, no_model):
+    calls, _ = no_model
+    code, out, err = run(capsys, "ceft", "--data", "nq-swap", "--experts", tmp_path / "none.json", "--out",
+                         tmp_path / "o")
+    assert code == 2 and calls == [] and "none.json" in err
+
+
 def test_confiqa_train_dev_and_test_are_read_before_the_model(tmp_path, capsys, no_model):
     calls, hub = no_model
     code, out, err = run(capsys, "tune-router", "--data", "confiqa", "--out", tmp_path / "o")

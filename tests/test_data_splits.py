@@ -335,3 +335,16 @@ def test_mrqa_hub_shape_falls_back_on_detected_answers():
     assert isinstance(r["detected_answers"], dict) and r["detected_answers"]["text"] == ["1889"]
     (ex,) = records_to_examples([r])
     assert ex.answers == ["1889"] and ex.id == "nq-t0" and ex.meta["subset"] == "NaturalQuestionsShort"
+
+
+@pytest.mark.parametrize("reachable,kind", [(True, "not found"), (False, "offline")])
+def test_confiqa_url_missing_or_offline(monkeypatch, reachable, kind):
+    """fsspec answers an unreachable URL with the FileNotFoundError of a missing one: the host decides."""
+    import routerlens_interp.data.hub as hub_mod
+
+    def fail(*a, **k):
+        raise FileNotFoundError(f"Unable to find '{k['data_files']}'")
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    monkeypatch.setattr(hub_mod, "_reachable", lambda url: reachable)
+    with pytest.raises(UserError, match=f"from GitHub .*ConFiQA-QA.json.*: {kind} \\("):
+        load_dataset("confiqa-qa", split="all")

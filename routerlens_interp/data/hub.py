@@ -109,6 +109,20 @@ def describe_hub_failure(err: BaseException) -> tuple[str, str]:
     return "failed", "pass a local file path or directory instead"
 
 
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    """Can a TCP connection to ``url``'s host be opened? Only asked after a failure: fsspec reports an
+    unreachable URL as FileNotFoundError ("Unable to find ..."), the same as a missing file."""
+    import socket
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    try:
+        socket.create_connection((u.hostname, u.port or (443 if u.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def fetch_rows(name: str, spec: HubSpec, hub_split: str) -> list[dict]:
     """Raw rows of the hub split ``hub_split`` of ``name``; only ``spec.subset``'s rows for MRQA.
 
@@ -128,6 +142,8 @@ def fetch_rows(name: str, spec: HubSpec, hub_split: str) -> list[dict]:
         ds = datasets.load_dataset(*args, **kwargs)
     except Exception as err:  # offline, unknown repo, gated, …
         kind, fix = describe_hub_failure(err)
+        if kind == "not found" and spec.data_files is not None and not _reachable(where):
+            kind, fix = describe_hub_failure(ConnectionError(f"cannot connect to {where}"))
         cause = next((l.strip() for l in str(err).splitlines() if l.strip()), "")
         host = "GitHub" if spec.data_files is not None else "the hub"
         raise HubDataUnavailable(f"could not load {name!r} from {host} ({where}, split {hub_split!r}): {kind} "
