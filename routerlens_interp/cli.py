@@ -30,9 +30,17 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
         p.add_argument("--model", default="toy", help="'toy' (bundled), a hub id or a local directory (default: toy)")
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     if data:
-        p.add_argument("--data", required=True, help="toy-open, toy-conflict, toy-memory, squad, nq-swap, confiqa, "
-                                                     "nq, hotpotqa, or a local JSON/JSONL file")
-        p.add_argument("--split", default=None, help="data split (default: test for evaluation, train for training)")
+        p.add_argument("--data", required=True,
+                       help="a hub name (squad, nq-swap, confiqa = ConFiQA-MC, the paper's; confiqa-qa, confiqa-mr, "
+                            "confiqa-mc; nq, hotpotqa), a bundled toy name (toy-open, toy-conflict, toy-memory), a "
+                            "directory of split files (train.json, dev.json, test.json), or one JSON/JSONL file")
+        p.add_argument("--split", default=None,
+                       help="train, dev (alias validation), test, or all (default: test for evaluation, train for "
+                            "training). Dev never overlaps test: squad/nq/hotpotqa test = the hub's validation, dev "
+                            "= a fixed 5 %% of the hub's train; nq-swap/confiqa are cut 80/10/10 (train/dev/test) "
+                            "by a fixed hash. A single file without --split is used whole (but training without "
+                            "--dev trains on its train part and selects on its dev part); with --split it is cut "
+                            "80/10/10 the same way")
         p.add_argument("--limit", type=positive_int, default=None, help="use only the first N examples")
     p.add_argument("--seed", type=seed_int, default=826, help="random seed (default: 826, the paper's)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -49,7 +57,10 @@ def _load(args):
 def _data(args, default_split: str):
     import routerlens_interp as rl
 
-    return rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit)
+    from routerlens_interp.data import default_split as split_for
+
+    # a single file without --split is used whole; anything with splits gets the command's default
+    return rl.load_dataset(args.data, split=split_for(args.data, args.split, default_split), limit=args.limit)
 
 
 def _model_and_data(args, default_split: str, with_answer: bool = False):
@@ -150,19 +161,21 @@ def recipe_config(recipe: str | None, method: str) -> dict:
 
 def _train(args, method: str) -> None:
     import routerlens_interp as rl
+    from routerlens_interp.data import train_dev_data
     from routerlens_interp.prompts import check_examples
 
     check_out_dir(args.out)
-    lm, train = _model_and_data(args, "train", with_answer=True)
-    if args.dev:
-        dev = rl.load_dataset(args.dev, split=args.dev_split, lm=lm)
-        check_examples(lm, dev, with_answer=True)
-    elif Path(args.data).exists():  # one local file: hold out its last 10 % as dev
-        cut = max(1, len(train) // 10)
-        train, dev = train[:-cut], train[-cut:]
-    else:
-        dev = rl.load_dataset(args.data, split=args.dev_split, lm=lm)
-        check_examples(lm, dev, with_answer=True)
+    # Every data argument is read before the model loads (a bad one fails in seconds, not after loading
+    # a large model), and the dev set is checked to share no example with the test split.
+    d = train_dev_data(args.data, split=args.split, dev=args.dev, dev_split=args.dev_split, limit=args.limit,
+                       drop_dev_overlap=args.drop_dev_overlap)
+    for note in d.notes:
+        print(f"routerlens {args.command}: note: {note}", file=sys.stderr)
+    train, dev = d.train, d.dev
+    experts = rl.ExpertSet.load(args.experts) if method == "ceft" else None  # also before the model
+    lm = _load(args)
+    check_examples(lm, train, with_answer=True)
+    check_examples(lm, dev, with_answer=True)
     cfg = dict(out_dir=args.out, resume=args.resume, progress=True, seed=args.seed, epochs=args.epochs, lr=args.lr,
                batch_size=args.batch_size, max_steps=args.max_steps, fsdp=args.fsdp or None,
                gradient_checkpointing=args.gradient_checkpointing or None, precision=args.precision)
@@ -170,7 +183,7 @@ def _train(args, method: str) -> None:
     if method == "router":
         ad = rl.tune_router(lm, train, dev, **cfg)
     elif method == "ceft":
-        ad = rl.ceft(lm, train, dev, experts=rl.ExpertSet.load(args.experts), **cfg)
+        ad = rl.ceft(lm, train, dev, experts=experts, **cfg)
     else:
         ad = rl.full_finetune(lm, train, dev, only=args.only, **cfg)
     ad.save(args.out)
@@ -288,8 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
         if method == "fft":
             t.add_argument("--only", default=None, metavar="REGEX",
                            help="train only parameters whose name matches (e.g. self_attn): where does a skill live?")
-        t.add_argument("--dev", help="dev data (default: the --dev-split of --data; for a local file, its last 10 %%)")
-        t.add_argument("--dev-split", default="dev", help="dev split name (default: dev)")
+        t.add_argument("--dev", help="dev data for choosing the checkpoint (default: the --dev-split of --data; for "
+                                     "one file, its dev part: 10 %% chosen by a fixed hash). It is checked to share "
+                                     "no example (context + question) with the test split of --data")
+        t.add_argument("--dev-split", default=None,
+                       help="split of the dev data: dev (alias validation; the default), train, test or all; a "
+                            "--dev file without --dev-split is used whole")
+        t.add_argument("--drop-dev-overlap", action="store_true",
+                       help="drop dev examples that equal a test example (reported) instead of refusing: "
+                            "RouterLens' own data/nq-swap has one")
         t.add_argument("--recipe", choices=("paper", "toy"), default=None,
                        help="paper: lr 5e-4, 3 epochs, cosine with 10%% warm-up, batch 8, examples over 300 tokens "
                             "dropped, best checkpoint by dev loss (also the default); toy: the bundled model's recipe "

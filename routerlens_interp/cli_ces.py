@@ -16,7 +16,9 @@ def _setup(args, default_split: str = "test"):
     import routerlens_interp as rl
     from .cli import seed_everything
 
-    data = rl.load_dataset(args.data, split=args.split or default_split, limit=args.limit)
+    from .data import default_split as split_for
+
+    data = rl.load_dataset(args.data, split=split_for(args.data, args.split, default_split), limit=args.limit)
     seed_everything(args.seed)
     lm = rl.load(args.model, device=args.device)
     return lm, data
@@ -100,7 +102,10 @@ def cmd_steer(args) -> None:
                         f"--experts-out`")
     experts = rl.ExpertSet.load(args.experts)
     lm, data = _setup(args)
-    side = lambda name: rl.load_dataset(name, split=args.split or "test", limit=args.limit) if name else None
+    from .data import default_split as split_for
+
+    side = lambda name: rl.load_dataset(name, split=split_for(name, args.split, "test"), limit=args.limit) \
+        if name else None
     open_book, memory = side(args.open_data), side(args.memory_data)
     rows = steer(lm, experts, betas, data, open_book, memory, batch_size=args.batch_size, progress=False)
     best = best_beta(rows)

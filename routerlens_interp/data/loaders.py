@@ -1,4 +1,5 @@
-"""``load_dataset``: local JSON/JSONL files, hub data sets and the bundled toy data → QAExamples."""
+"""``load_dataset``: local JSON/JSONL files, directories of split files, hub data sets and the bundled toy
+data → QAExamples, with train / dev / test always disjoint (see :mod:`.splits`)."""
 from __future__ import annotations
 
 import json
@@ -7,74 +8,32 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
 from ..examples import QAExample
 from .formats import (describe_formats, flatten_mrqa_nested, flatten_squad_nested, is_mrqa_nested,
                       is_squad_nested, normalize_format, record_to_example, records_format)
+from .hub import CONFIQA_URL, HUB_DATASETS, HubDataUnavailable, HubSpec, fetch_rows
+from .splits import DEV_FROM_TRAIN, SINGLE_SPLIT_FRACTIONS, cut, normalize_split
 
 __all__ = ["load_dataset", "read_records", "records_to_examples", "HubSpec", "HUB_DATASETS", "TOY_NAMES",
-           "SINGLE_SPLIT_FRACTIONS", "CONFIQA_URL", "accepted_names"]
+           "SINGLE_SPLIT_FRACTIONS", "DEV_FROM_TRAIN", "CONFIQA_URL", "HubDataUnavailable", "accepted_names",
+           "split_files", "is_single_file", "is_directory", "default_split"]
 
 log = logging.getLogger(__name__)
 
-
-class HubDataUnavailable(UserError, RuntimeError):
-    """A named data set could not be fetched from the hub (offline, unknown, gated); a local file works."""
-
 TOY_NAMES = ("toy-open", "toy-conflict", "toy-memory", "toy2-open", "toy2-conflict", "toy2-memory")
-
-#: ConFiQA (Bi et al., "Context-DPO", 2024) is published as JSON files (ConFiQA-QA/-MR/-MC.json) in the
-#: authors' GitHub repository, not as a hub data set; it is read through ``datasets``' "json" builder.
-#: The address below is where the Context-DPO repository keeps them; it is not verified here (no
-#: network). Set the environment variable ``ROUTERLENS_CONFIQA_URL`` (with ``{subset}`` standing for
-#: QA / MR / MC) to use another copy, or pass a local file path to ``load_dataset``.
-CONFIQA_URL = "https://raw.githubusercontent.com/byronBBL/Context-DPO/main/ConFiQA/ConFiQA-{subset}.json"
-
-#: Data sets published as one split (NQ-Swap's ``dev``, ConFiQA's single file) are cut into disjoint
-#: train / validation / test parts by position (no shuffling): fractions ``[start, end)``. Asking for
-#: the native split name (e.g. ``"dev"`` for NQ-Swap) or ``"all"`` gives everything.
-SINGLE_SPLIT_FRACTIONS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    """How to fetch one named data set through ``datasets.load_dataset``.
-
-    ``splits`` maps our split names to the hub's; ``single_split`` names the only split of a data set
-    published as one (then :data:`SINGLE_SPLIT_FRACTIONS` applies); ``subset`` keeps only rows whose
-    ``subset`` column equals it (MRQA).
-    """
-
-    path: str
-    format: str
-    config: str | None = None
-    data_files: str | None = None
-    splits: dict = field(default_factory=dict)
-    single_split: str | None = None
-    subset: str | None = None
-
-
-HUB_DATASETS: dict[str, HubSpec] = {
-    "squad": HubSpec("rajpurkar/squad", "squad", splits={"test": "validation", "dev": "validation"}),
-    "nq-swap": HubSpec("pminervini/NQ-Swap", "nq-swap", single_split="dev"),
-    "confiqa": HubSpec("json", "confiqa", data_files="QA", single_split="train"),
-    "confiqa-qa": HubSpec("json", "confiqa", data_files="QA", single_split="train"),
-    "confiqa-mr": HubSpec("json", "confiqa", data_files="MR", single_split="train"),
-    "confiqa-mc": HubSpec("json", "confiqa", data_files="MC", single_split="train"),
-    # MRQA's test split holds only the out-of-domain sets; NQ and HotpotQA live in train/validation.
-    "nq": HubSpec("mrqa-workshop/mrqa", "mrqa", splits={"test": "validation", "dev": "validation"},
-                  subset="NaturalQuestionsShort"),
-    "hotpotqa": HubSpec("mrqa-workshop/mrqa", "mrqa", splits={"test": "validation", "dev": "validation"},
-                        subset="HotpotQA"),
-}
+#: The file names a directory of split files may use for each of our splits (``.json`` or ``.jsonl``).
+SPLIT_FILE_STEMS = {"train": ("train",), "dev": ("dev", "validation", "val"), "test": ("test",)}
+_SUFFIXES = (".json", ".jsonl", ".ndjson")
 
 
 def accepted_names() -> str:
     """Human-readable list of what ``load_dataset`` accepts."""
-    return (f"  hub names: {', '.join(HUB_DATASETS)}\n  bundled toy data: {', '.join(TOY_NAMES)}\n"
+    return (f"  hub names: {', '.join(HUB_DATASETS)} (confiqa = ConFiQA-MC)\n"
+            f"  bundled toy data: {', '.join(TOY_NAMES)}\n"
+            f"  a directory holding train.json / dev.json / test.json (or .jsonl; dev may be validation.json)\n"
             f"  or a path to a .json / .jsonl file in one of these forms:\n{describe_formats()}")
 
 
@@ -154,43 +113,57 @@ def records_to_examples(records, format: str | None = None, source: str = "") ->
     return out
 
 
+# --- directories of split files ---------------------------------------------------------------
+def split_files(directory: str | Path) -> dict[str, Path]:
+    """Our split name → its file in ``directory`` (``train`` / ``dev`` / ``test``; ``dev`` may be spelt
+    ``validation`` or ``val``; ``.json``, ``.jsonl`` or ``.ndjson``). Empty when it holds none."""
+    d = Path(directory)
+    out = {}
+    for split, stems in SPLIT_FILE_STEMS.items():
+        for stem in stems:
+            hits = [d / f"{stem}{suf}" for suf in _SUFFIXES if (d / f"{stem}{suf}").is_file()]
+            if hits:
+                out[split] = hits[0]
+                break
+    return out
+
+
+def _load_dir(d: Path, split: str, format: str | None) -> list[QAExample]:
+    files = split_files(d)
+    if not files:
+        held = sorted(p.name for p in d.iterdir())[:12]
+        raise UserError(f"{str(d)!r} is not a data file, and not a directory of split files either (train.json, "
+                        f"dev.json, test.json; it holds {held or 'nothing'}). load_dataset accepts:\n"
+                        f"{accepted_names()}")
+    if split == "all":
+        return [ex for s in ("train", "dev", "test") if s in files for ex in
+                records_to_examples(read_records(files[s]), format=format, source=f"{d.name}/{files[s].name}")]
+    if split not in files:
+        names = " / ".join(f"{stem}.json" for stem in SPLIT_FILE_STEMS[split])
+        raise UserError(f"{d} has no {split} split file ({names}, or .jsonl); it holds "
+                        f"{', '.join(f'{s} ({p.name})' for s, p in files.items())}; choose one of those splits")
+    f = files[split]
+    return records_to_examples(read_records(f), format=format, source=f"{d.name}/{f.name}")
+
+
 # --- hub --------------------------------------------------------------------------------------
-def _hub_split(spec: HubSpec, split: str) -> tuple[str, tuple[float, float] | None]:
+def _load_hub(name: str, spec: HubSpec, split: str, format: str | None) -> list[QAExample]:
+    """Our ``split`` of hub set ``name``: one-split sets are cut 80/10/10 (test, dev, train); two-split
+    sets give test = hub validation, dev = 5 % of hub train, train = the rest (:mod:`.splits`)."""
+    fmt = format or spec.format
+    conv = lambda hub_split: records_to_examples(fetch_rows(name, spec, hub_split), format=fmt, source=name)
     if spec.single_split is not None:
-        if split in SINGLE_SPLIT_FRACTIONS:
-            return spec.single_split, SINGLE_SPLIT_FRACTIONS[split]
-        if split in (spec.single_split, "all"):
-            return spec.single_split, None
-        raise ValueError(f"unknown split {split!r}; this data set is published as one split ({spec.single_split!r}); "
-                         f"choose one of {list(SINGLE_SPLIT_FRACTIONS)} (positional cuts {SINGLE_SPLIT_FRACTIONS}) "
-                         f"or {spec.single_split!r} / 'all' for everything")
-    return spec.splits.get(split, split), None
-
-
-def _load_hub(name: str, spec: HubSpec, split: str) -> list[dict]:
-    import datasets  # attribute access at call time, so tests can monkeypatch datasets.load_dataset
-
-    hub_split, cut = _hub_split(spec, split)
-    kwargs = {"split": hub_split}
-    args = [spec.path] + ([spec.config] if spec.config else [])
-    where = spec.path
-    if spec.data_files is not None:
-        url = os.environ.get("ROUTERLENS_CONFIQA_URL", CONFIQA_URL).format(subset=spec.data_files)
-        kwargs["data_files"] = url
-        where = url
-    try:
-        ds = datasets.load_dataset(*args, **kwargs)
-    except Exception as err:  # offline, unknown repo, gated, …
-        cause = next((l.strip() for l in str(err).splitlines() if l.strip()), "")
-        raise HubDataUnavailable(f"could not load {name!r} from the hub ({where}, split {hub_split!r}) (offline?): "
-                                 f"{type(err).__name__}: {cause}; pass a local file path instead") from err
-    if spec.subset is not None and "subset" in getattr(ds, "column_names", []):
-        ds = ds.filter(lambda s: s == spec.subset, input_columns="subset")
-    rows = [dict(r) for r in ds]
-    if cut is not None:
-        lo, hi = int(round(cut[0] * len(rows))), int(round(cut[1] * len(rows)))
-        rows = rows[lo:hi]
-    return rows
+        examples = conv(spec.single_split)
+        if split == "all":
+            return examples
+        return cut(examples, {"test": SINGLE_SPLIT_FRACTIONS["test"], "dev": SINGLE_SPLIT_FRACTIONS["dev"]},
+                   source=name)[split]
+    if split == "test":
+        return conv(spec.splits["test"])
+    train = conv(spec.splits["train"])
+    if split == "all":
+        return train + conv(spec.splits["test"])
+    return cut(train, {"dev": DEV_FROM_TRAIN}, source=name)[split]
 
 
 # --- toy --------------------------------------------------------------------------------------
@@ -199,9 +172,35 @@ def _load_toy(name: str, split: str) -> list[QAExample]:
         from ..toy.data import toy_dataset
     except ImportError as err:
         raise ValueError(f"the bundled toy data ({name!r}) is not available: {err}") from err
-    split = {"validation": "dev"}.get(split, split)
-    data = toy_dataset(name, split)  # the toy world's own seed: the bundled model was trained on it
+    splits = ("train", "dev", "test") if split == "all" else (split,)
+    # the toy world's own seed: the bundled model was trained on it
+    data = [ex for s in splits for ex in toy_dataset(name, s)]
     return [ex if isinstance(ex, QAExample) else QAExample.from_dict(ex) for ex in data]
+
+
+# --- which split ------------------------------------------------------------------------------
+def is_single_file(name_or_path: str | os.PathLike) -> bool:
+    """True when ``name_or_path`` is one local data file (it has no splits of its own)."""
+    return Path(os.fspath(name_or_path)).expanduser().is_file()
+
+
+def is_directory(name_or_path: str | os.PathLike) -> bool:
+    """True when ``load_dataset`` reads ``name_or_path`` as a directory of split files (a bare toy / hub
+    name means that data set even where a directory of that name exists; write ``./name`` for it)."""
+    raw = os.fspath(name_or_path)
+    key = raw.strip().lower().replace("_", "-")
+    named = os.sep not in raw and "/" not in raw
+    if named and (key in TOY_NAMES or key in HUB_DATASETS):
+        return False
+    return Path(raw).expanduser().is_dir()
+
+
+def default_split(name_or_path: str | os.PathLike, split: str | None, default: str) -> str | None:
+    """The split a command uses: ``split`` when given; else ``None`` (the whole file) for a single local
+    file, ``default`` for anything with splits (hub and toy names, directories of split files)."""
+    if split:
+        return split
+    return None if is_single_file(name_or_path) else default
 
 
 # --- filters ----------------------------------------------------------------------------------
@@ -231,19 +230,35 @@ def _filter_length(examples: list[QAExample], max_tokens: int, lm, limit: int | 
     return kept
 
 
-def load_dataset(name_or_path: str | os.PathLike, split: str = "test", limit: int | None = None,
+def load_dataset(name_or_path: str | os.PathLike, split: str | None = None, limit: int | None = None,
                  format: str | None = None, max_tokens: int | None = None, lm=None,
                  seed: int | None = None) -> list[QAExample]:
-    """Load a QA data set as a list of :class:`QAExample`.
+    """Load a QA data set as a list of :class:`QAExample`, white space stripped from context, question
+    and answers (chat templates that trim would otherwise change the prompt).
 
     Args:
-        name_or_path: a path to a ``.json`` / ``.jsonl`` file (canonical, SQuAD flat or nested,
-            NQ-Swap, ConfiQA or MRQA records; the form is detected from the fields), a hub name
-            (:data:`HUB_DATASETS`: ``squad``, ``nq-swap``, ``confiqa`` [-qa/-mr/-mc], ``nq``,
-            ``hotpotqa``; needs the network), or a bundled toy name (:data:`TOY_NAMES`).
-        split: ``"train"``, ``"validation"`` or ``"test"`` (mapped to each hub set's names; SQuAD's
-            and MRQA's "test" is their validation split; single-split sets are cut by
-            :data:`SINGLE_SPLIT_FRACTIONS`). Ignored for local files.
+        name_or_path: one of
+            - a ``.json`` / ``.jsonl`` file (canonical, SQuAD flat or nested, NQ-Swap, ConFiQA or MRQA
+              records; the form is detected from the fields);
+            - a directory holding split files ``train.json`` / ``dev.json`` / ``test.json`` (or
+              ``.jsonl``; ``validation.json`` for dev), e.g. RouterLens' ``data/<set>/``;
+            - a hub name (:data:`HUB_DATASETS`: ``squad``, ``nq-swap``, ``confiqa`` = ConFiQA-MC, the
+              paper's variant; ``confiqa-qa`` / ``-mr`` / ``-mc``; ``nq``, ``hotpotqa``; needs the network
+              or the ``datasets`` cache);
+            - a bundled toy name (:data:`TOY_NAMES`).
+        split: ``"train"``, ``"dev"`` (alias ``"validation"``), ``"test"``, or ``"all"`` (everything the
+            source holds; never a default). Dev is always disjoint from test:
+            - SQuAD, NQ, HotpotQA (hub train / validation): test = hub validation; dev = 5 %
+              (:data:`DEV_FROM_TRAIN`) of hub train; train = the other 95 %;
+            - NQ-Swap (hub ``dev`` only), ConFiQA (one file each): test 10 %, dev 10 %, train 80 %;
+            - a single local file: used whole when ``split`` is ``None`` (the default) or ``"all"``; a
+              named split cuts it 80/10/10 like NQ-Swap;
+            - a directory: the split's file;
+            - toy names: the toy world's own splits.
+            The cuts rank the distinct (context, question) pairs by a fixed salted hash
+            (:data:`~routerlens_interp.data.splits.SPLIT_SALT`, independent of ``seed``), so they are the
+            same rows on every run and machine and copies of one example stay together. ``None`` means
+            ``"test"`` for everything but a single file.
         limit: keep the first ``limit`` examples (after the ``max_tokens`` filter; after the shuffle
             when ``seed`` is given).
         format: force a form (``canonical``, ``squad``, ``nq-swap``, ``confiqa``, ``mrqa``) instead of
@@ -254,16 +269,18 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "test", limit: in
         lm: the model handle used to count tokens (only with ``max_tokens``).
         seed: ``None`` (default) keeps the data set's order; an integer shuffles the examples
             deterministically (``random.Random(seed)``) before ``limit``/``max_tokens``, to draw a
-            random subset. (The toy data always come from the toy world's own seed.)
+            random subset. It never changes which examples a split holds.
 
     Returns:
-        ``list[QAExample]``, NQ-Swap / ConfiQA with ``memory_answer`` set (all memorised aliases in
+        ``list[QAExample]``, NQ-Swap / ConFiQA with ``memory_answer`` set (all memorised aliases in
         ``meta["memory_answers"]``).
 
     Raises:
         ValueError: unknown name, missing file, or records matching no form (the message lists what
-            is accepted); :class:`~routerlens_interp.errors.UserError` (a ValueError) names the file and record.
-        HubDataUnavailable (a UserError and a RuntimeError): a hub data set could not be fetched.
+            is accepted); :class:`~routerlens_interp.errors.UserError` (a ValueError) names the file and
+            record, an unknown split, or a split file a directory lacks.
+        HubDataUnavailable (a UserError and a RuntimeError): a hub data set could not be fetched; the
+            message says whether offline, not found or gated, with the fix.
     """
     if max_tokens is not None and lm is None:
         raise ValueError("max_tokens needs lm= (the model handle whose tokenizer counts the tokens)")
@@ -274,18 +291,22 @@ def load_dataset(name_or_path: str | os.PathLike, split: str = "test", limit: in
     path = Path(raw).expanduser()
     if path.is_file():
         examples = records_to_examples(read_records(path), format=format, source=path.name)
-    elif key in TOY_NAMES:
-        examples = _load_toy(key, split)
-    elif key in HUB_DATASETS:
-        spec = HUB_DATASETS[key]
-        rows = _load_hub(key, spec, split)
-        examples = records_to_examples(rows, format=format or spec.format, source=key)
-    elif path.exists():
-        raise ValueError(f"{raw!r} is not a data file (a directory?). load_dataset accepts:\n{accepted_names()}")
-    elif path.suffix.lower() in (".json", ".jsonl", ".ndjson") or os.sep in raw:
-        raise ValueError(f"no such data file: {raw!r}. load_dataset accepts:\n{accepted_names()}")
+        part = None if split is None else normalize_split(split)
+        if part not in (None, "all"):  # a file has no splits of its own: its documented 80/10/10 part
+            examples = cut(examples, {"test": SINGLE_SPLIT_FRACTIONS["test"], "dev": SINGLE_SPLIT_FRACTIONS["dev"]},
+                           source=path.name)[part]
     else:
-        raise ValueError(f"unknown data set {raw!r}. load_dataset accepts:\n{accepted_names()}")
+        part = normalize_split("test" if split is None else split)
+        if is_directory(raw):  # a bare name is a toy / hub name; ./squad is a directory
+            examples = _load_dir(path, part, format)
+        elif key in TOY_NAMES:
+            examples = _load_toy(key, part)
+        elif key in HUB_DATASETS:
+            examples = _load_hub(key, HUB_DATASETS[key], part, format)
+        elif path.suffix.lower() in _SUFFIXES or os.sep in raw:
+            raise ValueError(f"no such data file: {raw!r}. load_dataset accepts:\n{accepted_names()}")
+        else:
+            raise ValueError(f"unknown data set {raw!r}. load_dataset accepts:\n{accepted_names()}")
     if seed is not None:
         examples = list(examples)
         random.Random(seed).shuffle(examples)
