@@ -22,24 +22,30 @@ def _is_toy(model: str) -> bool:
 
 
 def run_data(args):
-    """train / dev / test of ``--data`` (and, for the bundled world's conflict data, its open-book and closed-book
-    side sets), loaded before the model so a wrong name fails in a second."""
+    """train / dev / test of ``--data`` (dev checked to share no example with test; for the bundled world's conflict
+    data also its open-book and closed-book side sets), loaded before the model so a wrong name fails in a second."""
+    import sys
+
     import routerlens_interp as rl
+    from .data import train_dev_data
     from .pipeline import RunData
 
-    name = args.data
-    ld = lambda split, n=None: rl.load_dataset(name, split=split, limit=n)
-    data = RunData(train=ld("train"), dev=ld("dev", args.n_dev), test=ld("test"), name=str(name))
-    key = str(name).lower()
+    name = str(args.data)
+    d = train_dev_data(name, split="train", dev_split="dev", drop_dev_overlap=args.drop_dev_overlap)
+    for note in d.notes:
+        print(f"routerlens run: note: {note}", file=sys.stderr)
+    dev = d.dev if args.n_dev is None else d.dev[:args.n_dev]
+    data = RunData(train=d.train, dev=dev, test=rl.load_dataset(name, split="test"), name=name)
+    key = name.lower()
     if key.startswith(("toy-conflict", "toy2-conflict")):
         pre = key.split("-")[0]
         data.side = {"open_em": rl.load_dataset(f"{pre}-open", split="test"),
                      "recall": rl.load_dataset(f"{pre}-memory", split="test")}
-    if not data.train or not data.test:
+    if not data.test:
         from .errors import UserError
 
-        raise UserError(f"--data {name}: the train split has {len(data.train)} and the test split {len(data.test)} "
-                        "examples; the method needs both (give a data set with train and test parts)")
+        raise UserError(f"--data {name}: its test split is empty; the method scores every step on it (give a data "
+                        "set with a test part)")
     return data
 
 
@@ -95,6 +101,8 @@ def add_parser(sub, common) -> None:
                    help="paper: lr 5e-4, 3 epochs, cosine 10%% warm-up, batch 8, examples over 300 tokens dropped, "
                         "best by dev loss, 8 CEs per layer (default for any model but the bundled one); toy: the "
                         "bundled model's recipe (its default)")
+    r.add_argument("--drop-dev-overlap", action="store_true",
+                   help="drop dev examples that equal a test example (reported) instead of refusing")
     r.add_argument("--n-ces", type=positive_int, default=None, help="CEs per layer (default: 8 with --recipe paper, "
                                                                     "else max(top-k, experts/8))")
     r.add_argument("--lr", type=float, default=None, help="override the recipe's learning rate (all three trainings)")
