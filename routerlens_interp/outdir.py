@@ -71,10 +71,17 @@ def _alive(pid: int) -> bool:
 
 
 def _acquire(lock: Path, output: Path, what: str, note) -> int:
-    import fcntl
-
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no flock
+        fcntl = None
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is None:
+            if note:
+                note(f"{output}: no file locks on this system; nothing stops a second run from writing here at "
+                     "the same time")
+            return fd
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -98,21 +105,25 @@ def _acquire(lock: Path, output: Path, what: str, note) -> int:
         if same:
             break
         os.close(fd)
-    pid, holder = _read_holder(fd)
-    if pid is not None and note:
-        state = "no longer running" if not _alive(pid) else "not holding it any more"
-        note(f"{output}: taking over the lock left by PID {pid}" + (f" ({holder})" if holder else "")
-             + f", {state}; check that its output is complete")
-    os.ftruncate(fd, 0)
-    os.lseek(fd, 0, os.SEEK_SET)
-    os.write(fd, f"{os.getpid()}\n{what}\n".encode())
+    try:
+        pid, holder = _read_holder(fd)
+        if pid is not None and note:
+            state = "no longer running" if not _alive(pid) else "not holding it any more"
+            note(f"{output}: taking over the lock left by PID {pid}" + (f" ({holder})" if holder else "")
+                 + f", {state}; check that its output is complete")
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n{what}\n".encode())
+    except BaseException:  # (e.g. a full disk) not held after all
+        _release(lock, fd)
+        raise
     return fd
 
 
 def _release(lock: Path, fd: int) -> None:
     try:
         os.unlink(lock)  # while still locked: a waiting opener then sees a new inode (see _acquire)
-    except FileNotFoundError:
+    except OSError:  # gone already, or (no flock) a system that cannot delete an open file: a stale file only
         pass
     os.close(fd)
 
