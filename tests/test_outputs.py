@@ -315,7 +315,7 @@ def test_cli_warnings_are_one_line_each_and_known_harmless_ones_hidden(setup, tm
     """A real `routerlens evaluate` (transformers is imported after the CLI set up its warnings): the
     toolkit's warning (an empty mask) is one line; transformers' warnings on a tokenizer limit (the
     toolkit truncates itself) and on sampling flags (it decodes greedily) are not shown; identical
-    warnings are shown once; --debug shows Python's full warnings."""
+    warnings are shown once."""
     import shutil
 
     model = tmp_path / "model"
@@ -341,8 +341,21 @@ def test_cli_warnings_are_one_line_each_and_known_harmless_ones_hidden(setup, tm
     assert len(lines) == len(set(lines)), lines
     assert "Warning:" not in r.stderr and ".py:" not in r.stderr, r.stderr  # no Python warning format or source
     assert "Token indices" not in r.stderr and "generation flags" not in r.stderr, r.stderr
-    d = subprocess.run(argv + ["--debug"], env=ENV, capture_output=True, text=True, timeout=300)
-    assert d.returncode == 0 and "UserWarning: " in d.stderr and "lists no experts" in d.stderr, d.stderr[-2000:]
+
+
+
+def test_debug_keeps_pythons_own_warnings(setup, tmp_path, capsys, recwarn):
+    """--debug: warnings go to Python's machinery (here pytest's recorder; in a shell its full format)."""
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"experts": {}}))
+    argv = ["evaluate", "--model", setup["model"], "--data", setup["data"], "--mask", empty, "--max-new-tokens", 1]
+    code, _, err = run(capsys, [*argv, "--debug"])
+    assert code == 0 and not [l for l in err if "warning:" in l], err
+    assert any("lists no experts" in str(w.message) for w in recwarn)
+    recwarn.clear()
+    code, _, err = run(capsys, argv)  # and without it, the one line (not Python's machinery)
+    assert code == 0 and f"routerlens evaluate: warning: {empty} lists no experts: masking or training with it " \
+        "changes nothing" in err and not any("lists no experts" in str(w.message) for w in recwarn), err
 
 
 def test_library_log_warnings_become_one_line_even_when_imported_later():
