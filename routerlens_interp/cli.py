@@ -11,8 +11,9 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from .cli_checks import (add_debug, add_overwrite, claim_out, describe_error, load_model, non_negative_int,
-                         outputs_held, positive_float, positive_int, probability, seed_int, user_errors)
+from .cli_checks import (add_debug, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
+                         positive_float, positive_int, probability, seed_int, user_errors)
+from .cli_checks import add_overwrite, claim_out, outputs_held  # outputs: the lock, --overwrite
 
 
 def seed_everything(seed: int) -> None:
