@@ -21,6 +21,7 @@ import routerlens_interp as rl
 from routerlens_interp import cli_ces, outdir
 from routerlens_interp.cli import main
 from routerlens_interp.counting import ExpertCounts
+from routerlens_interp.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -204,6 +205,26 @@ def test_the_python_api_takes_the_lock_too(load_tiny, tmp_path):
     with holder(tmp_path, True) as p, pytest.raises(outdir.OutputInUse, match=f"PID {p.pid}"):
         rl.tune_router(load_tiny("olmoe"), TRAIN, DEV, out_dir=tmp_path, max_steps=1, progress=False)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_the_other_processes_of_a_multi_process_launch_leave_the_lock_to_the_first(tmp_path, monkeypatch):
+    """Under torchrun / accelerate every process runs the command: only the first (RANK 0) takes the lock,
+    the others still refuse an earlier result."""
+    from argparse import Namespace
+
+    from routerlens_interp.cli_checks import claim_out, outputs_held
+
+    args = Namespace(command="tune-router", overwrite=False, resume=False)
+    monkeypatch.setenv("RANK", "1")
+    with holder(tmp_path / "run", True), outputs_held():
+        claim_out(args, tmp_path / "run", is_dir=True, resumable=True)  # the first process holds it: fine
+    (tmp_path / "run").mkdir()  # (the holder removed the directory it had made for its lock)
+    (tmp_path / "run" / "adapter.json").write_text("{}")
+    with pytest.raises(UserError, match="already holds an adapter"):
+        claim_out(args, tmp_path / "run", is_dir=True, resumable=True)
+    monkeypatch.setenv("RANK", "0")
+    with holder(tmp_path / "run", True) as p, outputs_held(), pytest.raises(outdir.OutputInUse, match=str(p.pid)):
+        claim_out(args, tmp_path / "run", is_dir=True, resumable=True)
 
 
 def test_locks_are_reentrant_in_one_process_and_removed_after(tmp_path):
