@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/routerlens demo --out $(OUT) --seed $(SEED)
+	$(VENV)/bin/routerlens demo --out $(OUT) --seed $(SEED) --overwrite
 
 # One torch thread: on 2 shared cores, two threads ran the small models 20-80x slower (spin-waits).
 test: setup

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .cli_checks import (add_debug, add_png_flags, png_mode, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
                          positive_float, positive_int, probability, seed_int, user_errors)
+from .cli_checks import add_overwrite, claim_out, outputs_held  # outputs: the lock, --overwrite
 
 
 def seed_everything(seed: int) -> None:
@@ -105,7 +106,7 @@ def _emit(args, obj: dict, human: str) -> None:
 def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
-    check_out_file(args.predictions, "--predictions", "predictions.jsonl")
+    claim_out(args, args.predictions, is_dir=False, flag="--predictions", example="predictions.jsonl")
     lm, data = _model_and_data(args, "test")
     with ExitStack() as stack:
         _interventions(stack, lm, args)
@@ -122,7 +123,7 @@ def cmd_evaluate(args) -> None:
 def cmd_count(args) -> None:
     import routerlens_interp as rl
 
-    check_out_file(args.out, example="counts.safetensors")
+    claim_out(args, args.out, is_dir=False, example="counts.safetensors")
     lm, data = _model_and_data(args, "train", with_answer=True)
     with ExitStack() as stack:
         _interventions(stack, lm, args)
@@ -135,7 +136,7 @@ def cmd_count(args) -> None:
 def cmd_select(args) -> None:
     import routerlens_interp as rl
 
-    check_out_file(args.out, example="experts.json")
+    claim_out(args, args.out, is_dir=False, example="experts.json")
     counts = rl.ExpertCounts.load(args.counts)
     base = rl.ExpertCounts.load(args.baseline) if args.baseline else None
     method = args.method or ("ratio" if base is not None else "count")
@@ -164,7 +165,7 @@ def _train(args, method: str) -> None:
     from routerlens_interp.data import train_dev_data
     from routerlens_interp.prompts import check_examples
 
-    check_out_dir(args.out)
+    claim_out(args, args.out, is_dir=True, resumable=True)
     # Every data argument is read before the model loads (a bad one fails in seconds, not after loading
     # a large model), and the dev set is checked to share no example with the test split.
     d = train_dev_data(args.data, split=args.split, dev=args.dev, dev_split=args.dev_split, limit=args.limit,
@@ -196,8 +197,8 @@ def cmd_analyze(args) -> None:
     import routerlens_interp as rl
     from routerlens_interp.report import write_analysis
 
-    check_out_dir(args.out)
     png = png_mode(args)
+    claim_out(args, args.out, is_dir=True)
     lm, data = _model_and_data(args, "test")
     tuned = _adapter(args) if args.adapter else rl.ExpertSet.load(args.mask)
     res = write_analysis(lm, tuned, data, Path(args.out), layer=args.layer, png=png)
@@ -229,8 +230,8 @@ def cmd_knockout(args) -> None:
 def cmd_demo(args) -> None:
     from routerlens_interp.demo import run_demo
 
-    check_out_dir(args.out)
     png = png_mode(args)
+    claim_out(args, args.out, is_dir=True)
     seed_everything(args.seed)
     report = run_demo(Path(args.out), seed=args.seed, fast=args.fast, png=png, model=args.model,
                       log=(lambda *a, **k: print(*a, file=sys.stderr, **k)) if args.json else print)
@@ -247,7 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="the whole pipeline on the bundled model")
-    d.add_argument("--out", default="demo_out", help="output directory (report.json, figures)")
+    d.add_argument("--out", default="demo_out", help="output directory (report.json, figures); new or empty "
+                                                     "unless --overwrite")
+    add_overwrite(d)
     d.add_argument("--fast", action="store_true", help="few training steps and small samples (a smoke run)")
     add_png_flags(d)
     d.add_argument("--model", default="toy", help="the bundled model (default), or a directory written by "
@@ -264,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     e.add_argument("--max-new-tokens", type=positive_int, default=32)
     e.add_argument("--batch-size", type=positive_int, default=16)
-    e.add_argument("--predictions", help="write predictions as JSONL here")
+    e.add_argument("--predictions", help="write predictions as JSONL here (a new file unless --overwrite)")
+    add_overwrite(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("count", help="count expert selections per MoE layer")
@@ -275,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer"])
     c.add_argument("--batch-size", type=positive_int, default=8)
-    c.add_argument("--out", required=True, help="counts file to write (e.g. counts.safetensors)")
+    c.add_argument("--out", required=True, help="counts file to write (e.g. counts.safetensors); a new file unless "
+                                                "--overwrite")
+    add_overwrite(c)
     c.set_defaults(func=cmd_count)
 
     s = sub.add_parser("select", help="pick context-faithful experts from counts")
@@ -288,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "probability); default count, ratio with --baseline")
     s.add_argument("--top-p", type=probability, default=None,
                    help="cumulative score threshold in (0, 1] instead of --n (gate/token: ESFT's raw scores)")
-    s.add_argument("--out", required=True, help="experts.json")
+    s.add_argument("--out", required=True, help="experts.json to write (a new file unless --overwrite)")
+    add_overwrite(s)
     s.set_defaults(func=cmd_select)
 
     for name, method, helptext in (("tune-router", "router", "train only the routers (Router Lens)"),
@@ -319,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--batch-size", type=positive_int, default=None)
         t.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many optimizer steps")
         t.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+        add_overwrite(t)
         t.add_argument("--fsdp", action="store_true",
                        help="with several processes (torchrun / accelerate launch), shard parameters, gradients "
                             "and optimizer state over them (FSDP) instead of one model copy each (DDP)")
@@ -327,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--precision", choices=("fp32", "bf16"), default=None,
                        help="bf16: forward under bf16 autocast, trained tensors kept as fp32 master weights "
                             "(default: fp32)")
-        t.add_argument("--out", required=True, help="output directory (checkpoints + adapter)")
+        t.add_argument("--out", required=True, help="output directory (checkpoints + adapter); new or empty unless "
+                                                    "--resume or --overwrite")
         t.set_defaults(func=lambda a, m=method: _train(a, m))
 
     a = sub.add_parser("analyze", help="CAG/AAG/APG tables + figures of a tuned model vs its base")
@@ -338,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask", help="experts.json: analyse what masking them does")
     a.add_argument("--layer", type=non_negative_int, default=None, help="layer for the per-token attention figure")
     add_png_flags(a)
-    a.add_argument("--out", required=True)
+    a.add_argument("--out", required=True, help="output directory (CSV tables, figures); new or empty unless "
+                                                "--overwrite")
+    add_overwrite(a)
     a.set_defaults(func=cmd_analyze)
 
     k = sub.add_parser("knockout", help="is the attention to the answer used? block it layer by layer and re-score")
@@ -358,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its outputs are locked until it ends (``outputs_held``); its warnings are one line
+    each (``one_line_warnings``; ``--debug``: Python's full warnings)."""
+    from .cli_warnings import one_line_warnings
     from .errors import TrainingInterrupted
 
     parser = build_parser()
@@ -368,7 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        args.func(args)
+        with ExitStack() as stack:
+            if not args.debug:
+                stack.enter_context(one_line_warnings(args.command))
+            stack.enter_context(outputs_held())
+            args.func(args)
     except TrainingInterrupted as e:  # a checkpoint was written: say how to continue (exit 130 / 143)
         print(f"interrupted at step {e.step}; continue with --resume", file=sys.stderr)
         return e.exit_code

@@ -9,6 +9,7 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
+from .cli_checks import add_overwrite, claim_out
 from .errors import UserError
 
 
@@ -35,6 +36,9 @@ def _top_lines(scores, n: int = 10) -> str:
 def cmd_attribute(args) -> None:
     import routerlens_interp as rl
 
+    claim_out(args, args.out, is_dir=False, example="scores.safetensors")
+    if args.exact:
+        claim_out(args, _exact_path(args), is_dir=False, flag="--exact's scores file")
     lm, data = _setup(args)
     with ExitStack() as st:
         if args.adapter:
@@ -52,7 +56,7 @@ def cmd_attribute(args) -> None:
     if exact is not None:
         from .ces import spearman
 
-        exact.save(Path(args.out).with_suffix(f".exact_{args.exact}.safetensors"))
+        exact.save(_exact_path(args))
         a, e = s.scores.reshape(-1), exact.scores.reshape(-1)
         top = a.argsort(descending=True)[:50]
         out.update(spearman_all=spearman(a, e), spearman_top50=spearman(a[top], e[top]),
@@ -62,9 +66,16 @@ def cmd_attribute(args) -> None:
     _emit(args, out, human + f"\n→ {args.out} (select CEs with rl.select_experts(rl.ExpertScores.load(...), n=8))")
 
 
+def _exact_path(args) -> Path:
+    """Where ``attribute --exact`` writes the exact masking effects: next to ``--out``."""
+    return Path(args.out).with_suffix(f".exact_{args.exact}.safetensors")
+
+
 def cmd_contrast(args) -> None:
     import routerlens_interp as rl
 
+    claim_out(args, args.out, is_dir=False, example="scores.safetensors")
+    claim_out(args, args.experts_out, is_dir=False, flag="--experts-out", example="experts.json")
     lm, data = _setup(args)
     c = rl.routing_contrast(lm, data, batch_size=args.batch_size, progress=not args.json)
     s = c.last if args.span == "last" else c.context
@@ -130,7 +141,9 @@ def add_parsers(sub, common) -> None:
                    help="also mask every expert one at a time (L×E passes) and report the Spearman correlation")
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--top", type=int, default=10, help="experts to print")
-    a.add_argument("--out", required=True, help="scores file (.safetensors)")
+    a.add_argument("--out", required=True, help="scores file (.safetensors); a new file unless --overwrite (with "
+                                                "--exact also OUT.exact_MODE.safetensors)")
+    add_overwrite(a)
     a.set_defaults(func=cmd_attribute)
 
     c = sub.add_parser("contrast", help="per expert, top-k selection rate open-book minus closed-book")
@@ -141,7 +154,8 @@ def add_parsers(sub, common) -> None:
     c.add_argument("--top", type=int, default=10)
     c.add_argument("--n", type=int, default=8, help="experts per layer for --experts-out")
     c.add_argument("--experts-out", help="also write the top --n experts per layer as experts.json")
-    c.add_argument("--out", required=True, help="scores file (.safetensors)")
+    c.add_argument("--out", required=True, help="scores file (.safetensors); new files unless --overwrite")
+    add_overwrite(c)
     c.set_defaults(func=cmd_contrast)
 
     s = sub.add_parser("steer", help="add β to chosen experts' router logits: conflict EM, memory rate, open-book EM, recall")

@@ -3,16 +3,20 @@
 argparse types for numbers (``positive_int``, ``probability`` ...), output paths checked before any
 work, ``--device``, model loading with the user's errors named, and the one-line error text
 (``describe_error``) that :func:`routerlens_interp.cli.main` prints for the exception types in
-:func:`user_errors` (``--debug`` shows the traceback instead).
+:func:`user_errors` (``--debug`` shows the traceback instead). :func:`claim_out` locks a command's
+output and refuses to replace an earlier result unasked (mechanism in :mod:`.outdir`).
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 __all__ = ["positive_int", "non_negative_int", "seed_int", "positive_float", "probability", "check_out_file",
            "check_out_dir", "check_device", "load_model", "first_line", "one_line", "user_errors", "describe_error",
-           "add_debug", "add_png_flags", "png_mode"]
+           "add_debug", "add_png_flags", "png_mode", "add_overwrite", "claim_out", "outputs_held", "OVERWRITE_HELP"]
 
 
 # --- numbers at the boundary: argparse turns an ArgumentTypeError into a usage line and exit 2 -----
@@ -87,6 +91,71 @@ def check_out_dir(path: str | None, flag: str = "--out") -> None:
         raise UserError(f"{flag} {path} is a file; {flag} names a directory: give a new or existing directory")
     if any(q.exists() and not q.is_dir() for q in p.parents):
         raise UserError(f"{flag} {path}: a parent of it is a file, not a directory; choose another path")
+
+
+# --- outputs: locked for the whole command, an earlier result kept unless --overwrite / --resume ----
+OVERWRITE_HELP = ("replace what the output already holds. Without it a command refuses an output file that exists, "
+                  "or an output directory with anything in it (an adapter, a checkpoint, a report, any file). While a "
+                  "command runs its output is locked: a second command on it refuses, naming the first one's PID")
+_claims: list[ExitStack] = []  # the stack of the running command (outputs_held); locks are released with it
+_unheld = ExitStack()  # claim_out outside outputs_held: held until the process ends
+
+
+@contextmanager
+def outputs_held():
+    """The block in which :func:`claim_out`'s locks are held (``cli.main`` wraps each command in it)."""
+    with ExitStack() as stack:
+        _claims.append(stack)
+        try:
+            yield
+        finally:
+            _claims.pop()
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+
+
+def _in_worker_process() -> bool:
+    """A process of a multi-process launch (torchrun / accelerate) other than the first: the first one
+    holds the lock for all of them."""
+    rank = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))
+    return rank.strip() not in ("", "0")
+
+
+def claim_out(args, path, *, is_dir: bool, flag: str = "--out", example: str = "out.json",
+              resumable: bool = False) -> None:
+    """Preconditions of writing an output, checked before any work (before the model loads).
+
+    The path's kind (:func:`check_out_dir` / :func:`check_out_file`), then an exclusive lock held until
+    the command ends (:func:`routerlens_interp.outdir.locked`: a second run on the same output refuses at
+    once naming this PID; a stale lock of a dead process is taken over with a note on stderr), then, under
+    the lock, a refusal when it already holds a result (:func:`routerlens_interp.outdir.previous_result`)
+    unless ``--overwrite`` or (``resumable``: training) ``--resume``."""
+    from .errors import UserError
+    from .outdir import locked, previous_result
+
+    if path is None:
+        return
+    overwrite, resume = getattr(args, "overwrite", False), resumable and getattr(args, "resume", False)
+    if overwrite and resume:
+        raise UserError("give --resume (continue the training in --out) or --overwrite (start it over), not both")
+    if is_dir:
+        check_out_dir(path, flag)
+    else:
+        check_out_file(path, flag, example)
+    cmd = getattr(args, "command", "?")
+    if not _in_worker_process():
+        note = lambda text: print(f"routerlens {cmd}: note: {text}", file=sys.stderr)
+        stack = _claims[-1] if _claims else _unheld
+        stack.enter_context(locked(path, is_dir, what=f"routerlens {cmd}", note=note))
+    held = previous_result(path, is_dir)
+    if held is None or overwrite or resume:
+        return
+    if not is_dir:
+        raise UserError(f"{flag} {path} already exists; give --overwrite to replace it, or another path")
+    how = "--resume to continue that training, --overwrite to start over" if resumable else "--overwrite to replace it"
+    raise UserError(f"{flag} {path} already holds {held} from an earlier run; give {how}, or another {flag}")
 
 
 def check_device(device: str | None) -> None:

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from .cli_checks import add_png_flags, check_out_dir, positive_int
+from .cli_checks import add_overwrite, add_png_flags, claim_out, positive_int
 
 TOY_MODELS = ("toy", "toy-v1")
 
@@ -58,8 +58,8 @@ def cmd_run(args) -> None:
     from .pipeline import Sizes, run_pipeline
     from .prompts import check_examples
 
-    check_out_dir(args.out)
     png = png_mode(args)
+    claim_out(args, args.out, is_dir=True)
     toy = _is_toy(args.model)
     if args.data is None:
         if not toy:
@@ -117,5 +117,7 @@ def add_parser(sub, common) -> None:
     r.add_argument("--n-analysis", type=positive_int, default=120, help="examples traced for CAG/AAG/APG and knockout")
     r.add_argument("--draws", type=positive_int, default=10, help="random-mask draws (default 10)")
     add_png_flags(r)
-    r.add_argument("--out", required=True, help="output directory (report.json, adapters, experts.json, figures)")
+    r.add_argument("--out", required=True, help="output directory (report.json, adapters, experts.json, figures); new "
+                                                "or empty unless --overwrite")
+    add_overwrite(r)
     r.set_defaults(func=cmd_run)

@@ -38,7 +38,8 @@ def one_line_error(capsys, argv, *needles):
     """Run the CLI in-process; assert exit 2 and exactly one stderr line naming the command and ``needles``."""
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
-    lines = [l for l in err.splitlines() if l.strip()]
+    # (warnings before the error are lines of their own: `routerlens <cmd>: warning: ...`)
+    lines = [l for l in err.splitlines() if l.strip() and not l.startswith(f"routerlens {argv[0]}: warning: ")]
     assert code == 2, err
     assert len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"routerlens {argv[0]}: error: "), lines[0]
@@ -241,7 +242,8 @@ def test_analyze_counts_skipped_examples_and_refuses_when_none_left(tmp_path, ca
     assert code == 0
     res = json.loads(out)
     assert (res["n"], res["n_aag"], res["n_skipped_aag"]) == (2, 1, 1)
-    code = main(["analyze", "--data", data, "--mask", str(experts_json), "--out", str(tmp_path / "a"), "--no-png"])
+    code = main(["analyze", "--data", data, "--mask", str(experts_json), "--out", str(tmp_path / "a"), "--no-png",
+                 "--overwrite"])  # (the same --out again: without --overwrite it is refused, see test_outputs.py)
     assert code == 0 and "AAG over 1 of 2 examples (1 skipped" in capsys.readouterr().out
     only_absent = jsonl(tmp_path / "absent.jsonl", [absent, {**absent, "answer": "Bergen"}])
     one_line_error(capsys, ["analyze", "--data", only_absent, "--mask", experts_json, "--out", tmp_path / "b",

@@ -8,6 +8,8 @@ arguments, plus ``out_dir`` (checkpoints in ``out_dir/checkpoint/``, the adapter
 from __future__ import annotations
 
 import re
+import warnings
+from contextlib import nullcontext
 
 import torch
 
@@ -15,6 +17,7 @@ from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
 from .config import TrainConfig
 from .data import prepare
 from ..errors import UserError
+from ..outdir import locked
 from .loop import CheckpointWriteError, make_accelerator, train
 from .params import (expert_tensor_names, expert_trainable, full_trainable, router_param_names,
                      router_trainable)
@@ -33,20 +36,24 @@ def _run(lm, train_data, dev_data, method, setup, index, adapter_cls, extra_mani
     manifest = {"format": "routerlens-adapter", "version": 2, "method": method, "base_model": lm.name,
                 "family": lm.spec.family, "base_fingerprint": base_fp,
                 "config_hash": config.config_hash(**hash_extra), "config": config.to_dict(), **extra_manifest}
-    try:
-        with setup as trainable:
-            idx = trainable.index
-            res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
-                        progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
-    except CheckpointWriteError as e:
-        if not acc.is_main_process:  # the main process saves what it can and says so
-            raise
-        raise _save_anyway(e, adapter_cls, idx, manifest, out_dir) from e
-    metrics = {**res.metrics, "dropped_train": dropped, "dropped_dev": dropped_dev, "history": res.history}
-    manifest = {**manifest, "config_hash": res.metrics["config_hash"], "metrics": metrics}
-    adapter = adapter_cls(res.best, idx, manifest)
-    if out_dir is not None and acc.is_main_process:
-        adapter.save(out_dir)
+    # One run at a time per out_dir (the main process holds its lock; re-entrant under the CLI's own).
+    lock = (locked(out_dir, True, note=lambda text: warnings.warn(text, stacklevel=4))
+            if out_dir is not None and acc.is_main_process else nullcontext())
+    with lock:
+        try:
+            with setup as trainable:
+                idx = trainable.index
+                res = train(lm, trainable, train_items, dev_items, config, acc=acc, out_dir=out_dir, resume=resume,
+                            progress=progress, callback=callback, hash_extra=hash_extra, desc=method)
+        except CheckpointWriteError as e:
+            if not acc.is_main_process:  # the main process saves what it can and says so
+                raise
+            raise _save_anyway(e, adapter_cls, idx, manifest, out_dir) from e
+        metrics = {**res.metrics, "dropped_train": dropped, "dropped_dev": dropped_dev, "history": res.history}
+        manifest = {**manifest, "config_hash": res.metrics["config_hash"], "metrics": metrics}
+        adapter = adapter_cls(res.best, idx, manifest)
+        if out_dir is not None and acc.is_main_process:
+            adapter.save(out_dir)
     acc.wait_for_everyone()
     return adapter
 
