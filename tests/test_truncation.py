@@ -9,7 +9,7 @@ import pytest
 
 import routerlens_interp as rl
 from routerlens_interp.errors import UserError
-from routerlens_interp.prompts import encode, truncation_report
+from routerlens_interp.prompts import encode
 
 FILLER = " ".join(f"Fact {i}: Bob lives in Rome." for i in range(30))
 
@@ -30,9 +30,9 @@ def test_the_answer_stays_in_the_truncated_context(lm, where):
     half = FILLER[:len(FILLER) // 2].rsplit(" ", 1)[0]
     ctx = {"end": f"{FILLER} {sentence}", "middle": f"{half} {sentence} {FILLER}", "start": f"{sentence} {FILLER}"}[where]
     ex = rl.QAExample(ctx, "Where was Alice Smith born?", [ans])
-    with truncation_report(warn=False) as tally:
+    with pytest.warns(UserWarning, match="truncated"):  # one example outside a report block: its own warning
         enc = encode(lm.tokenizer, ex, with_answer=True, max_length=128)
-    assert enc.truncated and tally.n_truncated == 1 and len(enc.input_ids) <= 128
+    assert enc.truncated and len(enc.input_ids) <= 128
     assert len(enc.input_ids) >= 118  # cut no more than needed
     kept = _context_text(lm, enc)
     assert ans in kept and kept in ctx  # one window of the original context, holding the answer
@@ -55,6 +55,18 @@ def test_an_answer_that_cannot_be_kept_is_refused(lm):
     ex = rl.QAExample(f"{FILLER} Alice was born in {ans}.", "Where was Alice born?", [ans])
     with pytest.raises(UserError, match="cannot keep its answer"):
         encode(lm.tokenizer, ex, max_length=128)
+
+
+def test_a_report_block_counts_quietly(lm):
+    from routerlens_interp.prompts import truncation_report
+
+    ex = rl.QAExample(f"{FILLER} Alice was born in Lisbon.", "Where was Alice born?", ["Lisbon"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with truncation_report(warn=False) as tally:
+            encode(lm.tokenizer, ex, max_length=128)
+            encode(lm.tokenizer, rl.QAExample("Bob lives in Rome.", "Where?", ["Rome"]), max_length=128)
+    assert tally.n_truncated == 1 and len(tally.seen) == 2
 
 
 def test_one_warning_with_the_count(lm):
