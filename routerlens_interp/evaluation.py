@@ -14,7 +14,7 @@ from .errors import UserError
 from .examples import QAExample
 from .metrics import aggregate
 from .prompt_target import end_of_turn_ids
-from .prompts import truncation_report
+from .prompts import encode, truncation_report
 
 STOPS = ("eos", "newline")
 
@@ -70,10 +70,10 @@ def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size
     was_training = lm.hf.training
     lm.hf.eval()
     try:
-        with truncation_report(f"generate ({max_new_tokens} new tokens)"):
+        with truncation_report("generate"):
             for s in tqdm(range(0, len(examples), batch_size), desc="generate", disable=not progress, unit="batch"):
                 chunk = examples[s:s + batch_size]
-                enc = [lm.encode(ex, max_length=window - max_new_tokens) if window else lm.encode(ex) for ex in chunk]
+                enc = [encode(lm.tokenizer, ex, max_length=window, reserve=max_new_tokens) for ex in chunk]
                 batch = lm.batch(enc, side="left")
                 out = lm.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,

@@ -112,18 +112,16 @@ class TruncationTally:
     def __init__(self, what: str, warn: bool):
         self.what, self.warn = what, warn
         self.seen: set[int] = set()
-        self.truncated: dict[int, int] = {}  # id(example) → the token limit it was cut to fit
+        self.truncated: dict[int, str] = {}  # id(example) → the token budget it was cut to fit, in words
 
     @property
     def n_truncated(self) -> int:
         return len(self.truncated)
 
     def message(self) -> str:
-        limits = sorted(set(self.truncated.values()))
-        lim = " / ".join(str(x) for x in limits)
+        fits = " / ".join(sorted(set(self.truncated.values())))
         return (f"{self.what + ': ' if self.what else ''}the context of {self.n_truncated} of {len(self.seen)} "
-                f"examples was truncated to fit {lim} tokens (the model window, less the new tokens when "
-                "generating), keeping the part around the first gold answer")
+                f"examples was truncated to fit {fits}, keeping the part around the first gold answer")
 
 
 _TALLIES: list[TruncationTally] = []
@@ -144,16 +142,21 @@ def truncation_report(what: str = "", warn: bool = True):
             warnings.warn(tally.message(), stacklevel=3)
 
 
-def _note(example, truncated: bool, limit: int | None, before: int, after: int) -> None:
+def _budget(max_length: int | None, reserve: int) -> str:
+    if reserve:
+        return f"{max_length - reserve} tokens (the model window of {max_length} less {reserve} for generated tokens)"
+    return f"the model window of {max_length} tokens"
+
+
+def _note(example, truncated: bool, max_length: int | None, reserve: int, before: int, after: int) -> None:
     if _TALLIES:
         t = _TALLIES[-1]
         t.seen.add(id(example))
         if truncated:
-            t.truncated[id(example)] = limit
+            t.truncated[id(example)] = _budget(max_length, reserve)
     elif truncated:
-        warnings.warn(f"context truncated from {before} to {after} characters to fit {limit} tokens (the model "
-                      "window, less the new tokens when generating), keeping the part around the first gold answer",
-                      stacklevel=4)
+        warnings.warn(f"context truncated from {before} to {after} characters to fit {_budget(max_length, reserve)}, "
+                      "keeping the part around the first gold answer", stacklevel=4)
 
 
 def _cut_context(ex: QAExample, offsets, ctx_start: int, excess: int, answers: list[str], limit: int) -> str:
@@ -230,7 +233,7 @@ def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length:
         cut = _cut_context(ex, offsets, ctx_start, total - limit, example.answers, limit)
         ex = QAExample(cut, ex.question, ex.answers, ex.memory_answer, ex.id, ex.meta)
         truncated = True
-    _note(example, truncated, limit, len(example.context), len(ex.context))
+    _note(example, truncated, max_length, reserve, len(example.context), len(ex.context))
     ctx = _positions(offsets, ctx_start, ctx_start + len(ex.context)) if ex.context else []
     qst = _positions(offsets, q_start, q_start + len(ex.question))
     ans_ctx: list[int] = []

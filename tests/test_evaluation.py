@@ -119,7 +119,7 @@ def test_generation_leaves_room_for_the_new_tokens(load_tiny, monkeypatch):
     with pytest.warns(UserWarning) as rec:
         generate(lm, data, max_new_tokens=16, batch_size=1)
     msgs = [str(w.message) for w in rec if "truncated" in str(w.message)]
-    assert len(msgs) == 1 and "2 of 3 examples" in msgs[0] and "112 tokens" in msgs[0]
+    assert len(msgs) == 1 and "2 of 3 examples" in msgs[0] and "112 tokens (the model window of 128 less 16" in msgs[0]
     assert max(n for n, _, _ in seen[:2]) >= 100  # cut no more than needed
     assert all(n + m <= lm.window for n, m, _ in seen)
     # the second example's answer sits at the end of its context: the kept window holds it
