@@ -165,11 +165,11 @@ def _cut_context(ex: QAExample, offsets, ctx_start: int, excess: int, answers: l
     ctx_tok = _positions(offsets, ctx_start, ctx_start + len(ex.context))
     keep = max(len(ctx_tok) - excess - 1, 0)  # one token of slack: the cut text re-tokenises
     occ = answer_occurrences(ex.context, answers)
-    if not occ or keep >= len(ctx_tok):
+    a0, a1 = occ[0] if occ else (0, 0)
+    atok = [i for i, t in enumerate(ctx_tok) if offsets[t][1] > ctx_start + a0 and offsets[t][0] < ctx_start + a1]
+    if not atok or keep >= len(ctx_tok):
         cut = offsets[ctx_tok[keep]][0] - ctx_start if keep < len(ctx_tok) else len(ex.context)
         return ex.context[:max(cut, 0)].rstrip()
-    a0, a1 = occ[0]
-    atok = [i for i, t in enumerate(ctx_tok) if offsets[t][1] > ctx_start + a0 and offsets[t][0] < ctx_start + a1]
     first, last = atok[0], atok[-1]
     if keep < last - first + 1:
         raise UserError(f"the context must be cut to {keep} tokens to fit {limit} tokens, fewer than its gold "

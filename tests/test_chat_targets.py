@@ -109,3 +109,24 @@ def test_templates_that_hide_the_answer_are_refused(template, why):
     tok.chat_template = template
     with pytest.raises(UserError, match=why):
         encode(tok, EX, with_answer=True)
+
+
+def test_a_generation_prompt_whose_tokens_merge_with_the_answer_turn():
+    """Generation prompt ending in a space ("Assistant: "): alone its last token is "Ġ"; followed by the answer,
+    GPT-2's splitting gives "ĠR", "ome". The model is given the prompt's own tokens, so the target is what
+    follows them: the rest of the rendering tokenised alone ("R", "ome", EOS)."""
+    tok = ct.tokenizer("deepseek")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}User: {{ m['content'] }}"
+                         "{% else %}\n\nAssistant: {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
+                         "{% if add_generation_prompt %}\n\nAssistant: {% endif %}")
+    enc = encode(tok, EX, with_answer=True)
+    gen = tok.apply_chat_template([{"role": "user", "content": ct.PROMPT.format(context=EX.context,
+                                                                               question=EX.question)}],
+                                  tokenize=False, add_generation_prompt=True)
+    gen_ids = tok(gen, add_special_tokens=False)["input_ids"]
+    full_ids = tok(gen + EX.answer + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert full_ids[:len(gen_ids)] != gen_ids  # the case this test is about
+    assert enc.input_ids[:enc.prompt_len].tolist() == gen_ids
+    assert enc.input_ids[enc.prompt_len:].tolist() == tok("Rome" + tok.eos_token, add_special_tokens=False)["input_ids"]
+    assert tok.decode(enc.answer_ids.tolist()) == "Rome"
+    assert tok.decode(enc.input_ids.tolist()) == tok.decode(full_ids)
