@@ -110,7 +110,8 @@ def cmd_evaluate(args) -> None:
     lm, data = _model_and_data(args, "test")
     with ExitStack() as stack:
         _interventions(stack, lm, args)
-        s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+        s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True,
+                        stop=args.stop)
     if args.predictions:
         Path(args.predictions).write_text("\n".join(json.dumps({"question": e.question, "gold": e.answers,
                                                                   "prediction": p}) for e, p in
@@ -266,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mask", help="experts.json to mask")
     e.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
     e.add_argument("--max-new-tokens", type=positive_int, default=32)
+    e.add_argument("--stop", choices=["eos", "newline"], default="eos",
+                   help="eos (default, the paper's): greedy until EOS or the chat template's end-of-turn token, "
+                        "white space stripped; newline: also stop at the first newline, keep the text before it")
     e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--predictions", help="write predictions as JSONL here (a new file unless --overwrite)")
     add_overwrite(e)
@@ -277,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
     c.add_argument("--mask", help="experts.json to mask")
     c.add_argument("--mask-mode", default="reroute", choices=["reroute", "zero"])
-    c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer"])
+    c.add_argument("--span", default="all", choices=["all", "prompt", "context", "question", "answer", "sequence"],
+                   help="tokens to count: all (default, the paper's: prompt + answer, without the end-of-turn "
+                        "token / EOS), prompt, context, question, answer, or sequence (all + the end token)")
     c.add_argument("--batch-size", type=positive_int, default=8)
     c.add_argument("--out", required=True, help="counts file to write (e.g. counts.safetensors); a new file unless "
                                                 "--overwrite")
@@ -386,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
             if not args.debug:
                 stack.enter_context(one_line_warnings(args.command))
             stack.enter_context(outputs_held())
+            from .prompts import truncation_report
+
+            stack.enter_context(truncation_report())  # one line with the count of truncated contexts
             args.func(args)
     except TrainingInterrupted as e:  # a checkpoint was written: say how to continue (exit 130 / 143)
         print(f"interrupted at step {e.step}; continue with --resume", file=sys.stderr)

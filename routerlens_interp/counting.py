@@ -118,6 +118,9 @@ class _Recorder:
         return read
 
 
+SPANS = ("all", "prompt", "context", "question", "answer", "sequence")
+
+
 @torch.no_grad()
 def count_experts(lm, examples, span: str = "all", with_answer: bool = True, batch_size: int = 8,
                   progress: bool = False) -> ExpertCounts:
@@ -126,21 +129,24 @@ def count_experts(lm, examples, span: str = "all", with_answer: bool = True, bat
     Args:
         lm: a :class:`~routerlens_interp.model.MoEModel` (masks and adapters in force are respected).
         examples: QAExamples or strings.
-        span: which tokens count: ``"all"`` (prompt + answer), ``"prompt"``, ``"context"``,
-            ``"question"``, ``"answer"``.
-        with_answer: append gold answer + EOS to QAExamples (the paper counts prompt + answer).
+        span: which tokens count: ``"all"`` (prompt + answer, without the end-of-turn token / EOS, as the
+            paper's ``exp_act_count.py`` counts), ``"prompt"``, ``"context"``, ``"question"``, ``"answer"``,
+            or ``"sequence"`` (prompt + answer + the end token(s)).
+        with_answer: append the gold answer (+ its end token, which ``"all"`` leaves out) to QAExamples.
 
     Returns :class:`ExpertCounts` with ``counts [len(moe_layers), n_experts]``.
     """
     from tqdm.auto import tqdm
 
+    from .prompts import truncation_report
     from .trace import encode_inputs
 
-    if span not in ("all", "prompt", "context", "question", "answer"):
-        raise ValueError(f"unknown span {span!r}; use all, prompt, context, question or answer")
+    if span not in SPANS:
+        raise ValueError(f"unknown span {span!r}; use all, prompt, context, question, answer or sequence")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UserError(f"batch_size must be an integer >= 1; got {batch_size!r}")
-    encoded = encode_inputs(lm, examples, with_answer=with_answer)
+    with truncation_report("count"):
+        encoded = encode_inputs(lm, examples, with_answer=with_answer)
     n_tokens = 0
     was_training = lm.hf.training
     lm.hf.eval()

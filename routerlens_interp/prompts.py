@@ -3,18 +3,24 @@
 Spans come from the fast tokenizer's character offsets, so they are exact for any tokenizer. The
 prompt is the paper's template (``templates.py``), wrapped in the model's chat template when it has
 one; otherwise the plain ``"\\n\\nAnswer:"`` suffix is appended and the answer follows after a space.
+The answer's tokens are those the template renders after the prompt, ended by the template's
+end-of-turn token (``prompt_target.py``). Contexts too long for the window are cut around the answer.
 """
 from __future__ import annotations
 
 import re
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from .errors import UserError
 from .examples import QAExample
-from .templates import OPEN_BOOK, PLAIN_SUFFIX, plain_target, prompt_body
+from .prompt_target import has_chat_template, target_tokens
+from .templates import OPEN_BOOK, PLAIN_SUFFIX, prompt_body
+
+_EMPTY = lambda: torch.zeros(0, dtype=torch.long)  # noqa: E731
 
 
 @dataclass
@@ -22,14 +28,18 @@ class Encoded:
     """One encoded example.
 
     Attributes:
-        input_ids: ``[T]`` prompt tokens, followed by answer tokens + EOS when encoded ``with_answer``.
+        input_ids: ``[T]`` prompt tokens, followed by the answer tokens and the end-of-turn token(s)
+            when encoded ``with_answer`` (``T = prompt_len + len(answer) + len(end)``).
         prompt_len: number of prompt tokens; ``last_prompt = prompt_len - 1`` predicts the first answer token.
         context, question: ``[n]`` long tensors of token positions inside the prompt.
         answer_in_context: ``[m]`` positions of the tokens of every gold-answer occurrence in the context
             (empty when the answer does not occur there).
-        answer: ``[a]`` positions of the answer tokens (only ``with_answer``; EOS excluded).
-        answer_ids: ``[a]`` token ids of the first gold answer as the model should produce it.
+        answer: ``[a]`` positions of the answer tokens (only ``with_answer``; the end token(s) excluded).
+        answer_ids: ``[a]`` token ids of the first gold answer as the model would emit them after the
+            prompt (``ĠParis`` after ``Assistant:``); ``answer_ids[0]`` is what the last prompt position predicts.
         truncated: the context was shortened to fit the window.
+        end: ``[e]`` positions of the tokens that end the answer's turn (the template's end-of-turn token,
+            or EOS; only ``with_answer``): in the training loss, not in expert counts.
     """
 
     input_ids: torch.Tensor
@@ -42,20 +52,26 @@ class Encoded:
     truncated: bool = False
     text: str = ""
     example: QAExample | None = field(default=None, repr=False)
+    end: torch.Tensor = field(default_factory=_EMPTY)
 
     @property
     def last_prompt(self) -> int:
         return self.prompt_len - 1
 
     def span(self, name: str) -> torch.Tensor:
-        """Positions of span ``name`` ∈ {context, question, answer_in_context, answer, prompt, all}."""
+        """Positions of span ``name``: ``context``, ``question``, ``answer_in_context``, ``answer``,
+        ``end``, ``prompt``, ``all`` (prompt + answer, without the end token(s): what the paper counts)
+        or ``sequence`` (every position, end included)."""
         if name == "prompt":
             return torch.arange(self.prompt_len)
         if name == "all":
+            return torch.arange(self.prompt_len + len(self.answer))
+        if name == "sequence":
             return torch.arange(len(self.input_ids))
-        if name in ("context", "question", "answer_in_context", "answer"):
+        if name in ("context", "question", "answer_in_context", "answer", "end"):
             return getattr(self, name)
-        raise ValueError(f"unknown span {name!r}; use context, question, answer_in_context, answer, prompt or all")
+        raise ValueError(f"unknown span {name!r}; use context, question, answer_in_context, answer, end, prompt, "
+                         "all or sequence")
 
 
 def render(tokenizer, example: QAExample) -> tuple[str, int, int]:
@@ -90,58 +106,148 @@ def answer_occurrences(context: str, answers: list[str]) -> list[tuple[int, int]
     return sorted(set(out))
 
 
-def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length: int | None = None) -> Encoded:
+class TruncationTally:
+    """Examples whose context was cut to fit, collected by :func:`truncation_report` (keyed by object id)."""
+
+    def __init__(self, what: str, warn: bool):
+        self.what, self.warn = what, warn
+        self.seen: set[int] = set()
+        self.truncated: dict[int, str] = {}  # id(example) → the token budget it was cut to fit, in words
+
+    @property
+    def n_truncated(self) -> int:
+        return len(self.truncated)
+
+    def message(self) -> str:
+        fits = " / ".join(sorted(set(self.truncated.values())))
+        return (f"{self.what + ': ' if self.what else ''}the context of {self.n_truncated} of {len(self.seen)} "
+                f"examples was truncated to fit {fits}, keeping the part around the first gold answer")
+
+
+_TALLIES: list[TruncationTally] = []
+
+
+@contextmanager
+def truncation_report(what: str = "", warn: bool = True):
+    """Collect the truncations of every :func:`encode` inside the block into one :class:`TruncationTally`
+    and, with ``warn``, report them in one warning at the end (instead of one warning per example).
+    Nested blocks collect their own examples (the innermost one counts); ``warn=False`` keeps them quiet."""
+    tally = TruncationTally(what, warn)
+    _TALLIES.append(tally)
+    try:
+        yield tally
+    finally:
+        _TALLIES.remove(tally)
+        if warn and tally.n_truncated:
+            warnings.warn(tally.message(), stacklevel=3)
+
+
+def _budget(max_length: int | None, reserve: int) -> str:
+    if reserve:
+        return f"{max_length - reserve} tokens (the model window of {max_length} less {reserve} for generated tokens)"
+    return f"the model window of {max_length} tokens"
+
+
+def _note(example, truncated: bool, max_length: int | None, reserve: int, before: int, after: int) -> None:
+    if _TALLIES:
+        t = _TALLIES[-1]
+        t.seen.add(id(example))
+        if truncated:
+            t.truncated[id(example)] = _budget(max_length, reserve)
+    elif truncated:
+        warnings.warn(f"context truncated from {before} to {after} characters to fit {_budget(max_length, reserve)}, "
+                      "keeping the part around the first gold answer", stacklevel=4)
+
+
+def _cut_context(ex: QAExample, offsets, ctx_start: int, excess: int, answers: list[str], limit: int) -> str:
+    """The context shortened by about ``excess`` tokens: cut from the end, or, where that would lose the
+    first gold-answer occurrence, a window of the context around it."""
+    ctx_tok = _positions(offsets, ctx_start, ctx_start + len(ex.context))
+    keep = max(len(ctx_tok) - excess - 1, 0)  # one token of slack: the cut text re-tokenises
+    occ = answer_occurrences(ex.context, answers)
+    a0, a1 = occ[0] if occ else (0, 0)
+    atok = [i for i, t in enumerate(ctx_tok) if offsets[t][1] > ctx_start + a0 and offsets[t][0] < ctx_start + a1]
+    if not atok or keep >= len(ctx_tok):
+        cut = offsets[ctx_tok[keep]][0] - ctx_start if keep < len(ctx_tok) else len(ex.context)
+        return ex.context[:max(cut, 0)].rstrip()
+    first, last = atok[0], atok[-1]
+    if keep < last - first + 1:
+        raise UserError(f"the context must be cut to {keep} tokens to fit {limit} tokens, fewer than its gold "
+                        f"answer's {last - first + 1}; the example cannot keep its answer in its context: shorten "
+                        "the question or drop the record")
+    if last < keep:  # cutting from the end keeps the answer
+        s = 0
+    else:  # centre the answer in the kept window
+        s = max(0, min(first - (keep - (last - first + 1)) // 2, len(ctx_tok) - keep))
+    lo = offsets[ctx_tok[s]][0] - ctx_start
+    hi = offsets[ctx_tok[s + keep - 1]][1] - ctx_start
+    return ex.context[max(lo, 0):hi].strip()
+
+
+def encode(tokenizer, example: QAExample, with_answer: bool = False, max_length: int | None = None,
+           reserve: int = 0) -> Encoded:
     """Tokenize ``example`` into an :class:`Encoded` with spans.
 
-    Contexts that do not fit ``max_length`` (the model's window) are truncated from the end of the
-    context only, with a warning; a prompt that does not fit even without context raises ValueError.
+    The answer tokens are those the model's own template gives after the prompt
+    (:func:`~routerlens_interp.prompt_target.target_tokens`: ``ĠParis`` after DeepSeek-V2-Chat's
+    ``Assistant:``), followed with ``with_answer`` by the end-of-turn token(s) (EOS without a template).
+
+    Args:
+        max_length: the token budget (the model's window); ``None``: no limit.
+        reserve: tokens to leave free after the prompt inside ``max_length`` (generation's new tokens).
+
+    A context that does not fit ``max_length - reserve`` (with the answer and its end, ``with_answer``)
+    is truncated: cut from its end, or, where that would cut out the first gold-answer occurrence, to a
+    window of the context around it. One warning per example, or one per block inside
+    :func:`truncation_report`. A prompt that does not fit even without its context raises UserError.
     """
     truncated = False
     ex = example
-    chat = bool(getattr(tokenizer, "chat_template", None))
-    ans_ids = tokenizer((example.answer if chat else plain_target(example.answer)),
-                        add_special_tokens=False)["input_ids"]
+    chat = has_chat_template(tokenizer)
+    limit = None if max_length is None else max_length - reserve
+    if limit is not None and limit < 1:
+        raise UserError(f"the model's window of {max_length} tokens leaves no room for a prompt after keeping "
+                        f"{reserve} tokens free for generation; lower the number of new tokens (--max-new-tokens)")
     while True:
         text, ctx_start, q_start = render(tokenizer, ex)
         enc = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
         ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
-        total = len(ids) + (len(ans_ids) + 1 if with_answer else 0)
-        if max_length is None or total <= max_length:
+        if not ids:
+            raise UserError("the tokenizer turned the prompt into no tokens (a model directory without tokenizer "
+                            "files?); save the base model's tokenizer into it (tokenizer.save_pretrained(DIR))")
+        if example.answer.strip() or with_answer:
+            target, n_ans = target_tokens(tokenizer, prompt_body(ex.context, ex.question), text, ids, example.answer)
+        else:
+            target, n_ans = [], 0
+        total = len(ids) + (len(target) if with_answer else 0)
+        if limit is None or total <= limit:
             break
+        room = f"the model's window of {max_length}" + (f" less {reserve} new tokens" if reserve else "")
         if not ex.context:
-            if with_answer and len(ids) <= max_length:  # the question fits: the answer is what does not
-                raise UserError(f"the gold answer is {len(ans_ids)} tokens (+ EOS); after the {len(ids)}-token "
-                                f"prompt it does not fit the model's window of {max_length} even without the "
-                                f"context; shorten the answer")
-            raise UserError(f"the prompt is {len(ids)} tokens even without its context, longer than the model's "
-                            f"window of {max_length}; shorten the question")
-        excess = total - max_length
-        ctx_tok = _positions(offsets, ctx_start, ctx_start + len(ex.context))
-        keep = max(len(ctx_tok) - excess - 1, 0)
-        cut = offsets[ctx_tok[keep]][0] - ctx_start if keep < len(ctx_tok) else len(ex.context)
-        ex = QAExample(ex.context[:max(cut, 0)].rstrip(), ex.question, ex.answers, ex.memory_answer, ex.id, ex.meta)
+            if with_answer and len(ids) <= limit:  # the question fits: the answer is what does not
+                raise UserError(f"the gold answer is {n_ans} tokens (+ {len(target) - n_ans} to end it); after the "
+                                f"{len(ids)}-token prompt it does not fit {room} even without the context; "
+                                "shorten the answer")
+            raise UserError(f"the prompt is {len(ids)} tokens even without its context, longer than {room}; "
+                            "shorten the question")
+        cut = _cut_context(ex, offsets, ctx_start, total - limit, example.answers, limit)
+        ex = QAExample(cut, ex.question, ex.answers, ex.memory_answer, ex.id, ex.meta)
         truncated = True
-    if truncated:
-        warnings.warn(f"context truncated from {len(example.context)} to {len(ex.context)} characters to fit the "
-                      f"model window of {max_length} tokens", stacklevel=2)
+    _note(example, truncated, max_length, reserve, len(example.context), len(ex.context))
     ctx = _positions(offsets, ctx_start, ctx_start + len(ex.context)) if ex.context else []
     qst = _positions(offsets, q_start, q_start + len(ex.question))
     ans_ctx: list[int] = []
     for a, b in answer_occurrences(ex.context, example.answers):
         ans_ctx.extend(_positions(offsets, ctx_start + a, ctx_start + b))
-    if not ids:
-        raise UserError("the tokenizer turned the prompt into no tokens (a model directory without tokenizer "
-                        "files?); save the base model's tokenizer into it (tokenizer.save_pretrained(DIR))")
     prompt_len = len(ids)
+    answer, end = [], []
     if with_answer:
-        eos = tokenizer.eos_token_id
-        ids = ids + list(ans_ids) + ([eos] if eos is not None else [])
-        answer = list(range(prompt_len, prompt_len + len(ans_ids)))
-    else:
-        answer = []
+        ids = ids + list(target)
+        answer = list(range(prompt_len, prompt_len + n_ans))
+        end = list(range(prompt_len + n_ans, prompt_len + len(target)))
     lt = lambda xs: torch.tensor(sorted(set(xs)), dtype=torch.long)
     return Encoded(torch.tensor(ids, dtype=torch.long), prompt_len, lt(ctx), lt(qst), lt(ans_ctx), lt(answer),
-                   torch.tensor(ans_ids, dtype=torch.long), truncated, text, example)
+                   torch.tensor(target[:n_ans], dtype=torch.long), truncated, text, example, lt(end))
 
 
 def pad_batch(encoded: list[Encoded], pad_id: int, side: str = "right") -> dict[str, torch.Tensor]:
@@ -204,8 +310,8 @@ def check_examples(lm, examples, with_answer: bool = True) -> None:
             problem = f"a gold answer is empty ({ex.answers!r})"
         else:
             try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # truncation is allowed; its warning comes with the run
+                with warnings.catch_warnings(), truncation_report(warn=False):
+                    warnings.simplefilter("ignore")  # truncation is allowed; its count comes with the run
                     lm.encode(ex, with_answer=with_answer)
             except (ValueError, IndexError) as err:
                 problem = str(err)

@@ -58,7 +58,10 @@ def test_spans_plain(tok):
     for name in ("context", "question", "answer_in_context", "answer"):
         assert torch.equal(full.span(name), getattr(full, name))
     assert torch.equal(full.span("prompt"), torch.arange(full.prompt_len))
-    assert len(full.span("all")) == len(full.input_ids)
+    # "all" is prompt + answer without the end token (what the paper counts); "sequence" is everything
+    assert torch.equal(full.span("all"), torch.arange(len(full.input_ids) - 1))
+    assert torch.equal(full.span("end"), torch.tensor([len(full.input_ids) - 1]))
+    assert len(full.span("sequence")) == len(full.input_ids)
     with pytest.raises(ValueError):
         full.span("nope")
 

@@ -210,7 +210,15 @@ def _report(msg: str) -> None:
 
 
 def _n_tokens(lm, ex: QAExample) -> int:
-    ids = lm.encode(ex, with_answer=True).input_ids
+    """Tokens of prompt + answer + end token *before* any truncation to the window (the paper drops
+    examples over 300 tokens by their full length; a truncated length would never exceed the window)."""
+    tokenizer = getattr(lm, "tokenizer", None)
+    if tokenizer is not None:
+        from ..prompts import encode
+
+        ids = encode(tokenizer, ex, with_answer=True, max_length=None).input_ids
+    else:  # a stand-in without a tokenizer (tests): its own count
+        ids = lm.encode(ex, with_answer=True).input_ids
     shape = getattr(ids, "shape", None)
     return int(shape[-1]) if shape is not None and len(shape) else len(ids)
 
@@ -226,7 +234,8 @@ def _filter_length(examples: list[QAExample], max_tokens: int, lm, limit: int | 
         else:
             kept.append(ex)
     if dropped:
-        _report(f"dropped {dropped} of {seen} examples longer than {max_tokens} tokens")
+        _report(f"dropped {dropped} of {seen} examples longer than {max_tokens} tokens (prompt + answer + end "
+                "token, measured before any truncation to the window)")
     return kept
 
 

@@ -19,7 +19,8 @@ __all__ = ["Item", "prepare", "data_hash", "global_batch", "shard", "collate", "
 
 @dataclass
 class Item:
-    """One training example: ``input_ids [T]`` (prompt + answer + EOS) and ``prompt_len``."""
+    """One training example: ``input_ids [T]`` (prompt + answer + the end-of-turn token: the template's, or
+    EOS without one; see :mod:`routerlens_interp.prompt_target`) and ``prompt_len``."""
 
     input_ids: torch.Tensor
     prompt_len: int
@@ -28,8 +29,9 @@ class Item:
 def prepare(lm, examples, max_tokens: int | None, name: str = "train") -> tuple[list[Item], int]:
     """Encode ``examples`` (QAExample or already-encoded objects with ``input_ids``/``prompt_len``).
 
-    Returns ``(items, n_dropped)``: examples longer than ``max_tokens`` (or the model's window) are
-    dropped (the paper's recipe) with a warning giving the count, rather than truncated.
+    Returns ``(items, n_dropped)``: examples whose full length (prompt + answer + end token, never
+    truncated) exceeds ``max_tokens`` (or the model's window) are dropped (the paper's recipe) with one
+    warning giving the count, rather than truncated.
     """
     from ..prompts import encode
 
@@ -99,8 +101,8 @@ def shard(batch: list[int], n_procs: int, rank: int, accum: int) -> list[list[in
 def collate(items: list[Item], pad_id: int, device) -> dict[str, torch.Tensor]:
     """Right-pad → ``input_ids``, ``attention_mask``, ``labels`` (all ``[B, T]``).
 
-    ``labels[b, t]`` is the token id at answer/EOS positions ``t ≥ prompt_len`` and ``-100`` elsewhere
-    (prompt and padding), so only the answer and EOS enter the loss.
+    ``labels[b, t]`` is the token id at answer / end-token positions ``t ≥ prompt_len`` and ``-100``
+    elsewhere (prompt and padding), so only the answer and its end-of-turn token enter the loss.
     """
     T = max(len(it.input_ids) for it in items)
     ids = torch.full((len(items), T), pad_id, dtype=torch.long)
@@ -115,7 +117,7 @@ def collate(items: list[Item], pad_id: int, device) -> dict[str, torch.Tensor]:
 
 
 def n_answer_tokens(items: list[Item]) -> int:
-    """Tokens that enter the loss (answer + EOS) over ``items``."""
+    """Tokens that enter the loss (answer + end token) over ``items``."""
     return sum(len(it.input_ids) - it.prompt_len for it in items)
 
 
