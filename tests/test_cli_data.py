@@ -135,7 +135,7 @@ def test_a_template_that_trims_accepts_questions_ending_in_white_space(model, tm
     d = tmp_path / "trim"
     shutil.copytree(model, d)
     tok = AutoTokenizer.from_pretrained(d)
-    tok.chat_template = ("{% for m in messages %}<|user|>\n{{ m['content'] | trim }}\n{% endfor %}"
+    tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] | trim }}\n{% endfor %}"
                          "{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
     tok.save_pretrained(d)
     recs = [{"context": "Paris is the capital of France.", "question": "What is the capital of France? ",
