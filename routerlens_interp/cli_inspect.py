@@ -96,8 +96,10 @@ def inspect_config_only(args) -> dict:
 
     try:
         cfg = load_config(resolve_path(args.model), args.trust_remote_code, args.revision)
-    except OSError as err:
-        where = ("a directory without a config.json" if Path(args.model).expanduser().is_dir() else
+    except (OSError, ValueError) as err:
+        if isinstance(err, ValueError) and "Unrecognized model" not in str(err):
+            raise
+        where = ("a directory without a config.json naming a model_type" if Path(args.model).expanduser().is_dir() else
                  "not a local directory and not a model on the hub (or no network)")
         raise UserError(f"--model {args.model!r}: {where}: {first_line(err)}; give a directory written by "
                         "save_pretrained or a hub id such as allenai/OLMoE-1B-7B-0924-Instruct") from err

@@ -139,8 +139,9 @@ def describe_quantization(lm, method: str) -> dict:
         part = next((k for k, ps in prefixes.items() if any(n.startswith(x) for x in ps)), "other")
         d = q if _is_quantised(p) else full
         d[part] = d.get(part, 0) + p.numel()
-    qs = ", ".join(f"{k} ({v:,})" for k, v in q.items()) or "nothing"
-    fs = ", ".join(f"{k} ({v:,})" for k, v in full.items()) or "nothing"
+    order = ("experts", "routers", "attention", "other")
+    qs = ", ".join(f"{k} ({q[k]:,})" for k in order if k in q) or "nothing"
+    fs = ", ".join(f"{k} ({full[k]:,})" for k in order if k in full) or "nothing"
     return {"method": method, "quantised": q, "not_quantised": full,
             "summary": f"{method}: quantised {qs}; NOT quantised {fs}"}
 
