@@ -41,6 +41,18 @@ def output_device(hf: nn.Module) -> torch.device:
     return _param_device(out, input_device(hf))
 
 
+def spread(hf: nn.Module) -> bool:
+    """Whether a device map put ``hf``'s modules on more than one device."""
+    m = getattr(hf, "hf_device_map", None) or {}
+    return len({str(v) for v in m.values()}) > 1
+
+
+def index_device(hf: nn.Module) -> torch.device:
+    """Where an index tensor into the model's last hidden states goes: the unembedding's device, or the CPU
+    when a device map spreads the model (a CPU index works on a tensor of any device, a CUDA one only on CUDA)."""
+    return torch.device("cpu") if spread(hf) else output_device(hf)
+
+
 def module_device(module: nn.Module, default: torch.device | None = None) -> torch.device:
     """Device of ``module``'s first parameter (``default``, else CPU, when it has none)."""
     return _param_device(module, default)
