@@ -45,7 +45,10 @@ def describe(spec, hf, checks: dict, name: str) -> dict:
     n_params = sum(p.numel() for p in hf.parameters())
     dense = [l for l in range(spec.n_layers) if l not in spec.moe_layers]
     kind = getattr(spec, "experts_kind", None) or spec.experts_io
-    rec = {"model": name, "family": spec.family, "class": type(hf).__name__, "n_layers": spec.n_layers,
+    mod = type(hf).__module__
+    impl = "native transformers" if mod.startswith("transformers.") else f"remote code ({mod})"
+    rec = {"model": name, "family": spec.family, "class": type(hf).__name__, "implementation": impl,
+           "n_layers": spec.n_layers,
            "moe_layers": list(spec.moe_layers), "dense_layers": dense, "n_experts": spec.n_experts,
            "top_k": spec.top_k, "routing": spec.routing, "routing_params": dict(spec.routing_params),
            "experts_kind": kind, "shared_experts": spec.shared_experts_attr,
@@ -115,7 +118,7 @@ def human(rec: dict) -> str:
     mix = ", ".join(f"{l}: {k}" for l, k in rec["mixers"].items()) or "none"
     checks = "  ".join(f"{k}: {v}" for k, v in rec["checks"].items())
     hp = "; ".join(f"{k} [{v}]" for k, v in rec["hook_points"].items())
-    lines = [f"model       {rec['model']}  ({rec['class']})",
+    lines = [f"model       {rec['model']}  ({rec['class']}, {rec['implementation']})",
              f"family      {rec['family']}: {rec['n_layers']} layers, MoE layers {ranges(rec['moe_layers'])}, "
              f"dense {ranges(rec['dense_layers'])}",
              f"experts     {rec['n_experts']} routed per MoE layer, top-{rec['top_k']}, kind {rec['experts_kind']}, "

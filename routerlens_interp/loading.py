@@ -56,7 +56,7 @@ def loading_kwargs(device=None, dtype=None, device_map=None, trust_remote_code: 
     ``device`` and ``device_map`` exclude each other; a non-CPU ``device`` becomes ``device_map={"": device}``
     (weights read onto the device directly). ``trust_remote_code`` and ``revision`` go to both."""
     kw = dict(hf_kwargs or {})
-    if "device_map" in kw:  # rl.load(..., device_map=...) written before it was a named argument
+    if "device_map" in kw:  # a device map among the other from_pretrained kwargs
         device_map = kw.pop("device_map") if device_map is None else device_map
     if device is not None and device_map is not None:
         raise UserError(f"give a device ({device}) or a device map ({device_map}), not both: a device map already "

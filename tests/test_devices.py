@@ -174,3 +174,12 @@ def test_cuda_and_cpu_placement(tiny_paths):
         changed = {n for n, p in lm.hf.named_parameters() if not torch.equal(p.detach().cpu(), before[n])}
     assert changed and all(".gate." in n for n in changed), changed
     assert any("layers.1." in n for n in changed) and any("layers.0." in n for n in changed)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none here)")
+def test_device_cuda_reads_the_weights_onto_the_gpu(tiny_paths):
+    lm = rl.load(tiny_paths["olmoe"], device="cuda")
+    assert {p.device.type for p in lm.hf.parameters()} == {"cuda"} and lm.device.type == "cuda"
+    plain = rl.load(tiny_paths["olmoe"])
+    a, b = rl.count_experts(lm, EX), rl.count_experts(plain, EX)
+    assert int((a.counts - b.counts).abs().sum()) <= 0.05 * int(b.counts.sum())

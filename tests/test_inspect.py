@@ -65,6 +65,7 @@ def test_config_only_on_every_family(family, config_dirs, capsys):
     assert rec["checks"]["reroute"] == "not run (config only)"
     assert rec["hook_points"]["blocks.L.router.hook_logits"] == ranges(rec["moe_layers"])
     assert rec["parameters"] > 0 and "dtype" not in rec  # nothing was loaded
+    assert rec["implementation"] == "native transformers"
 
 
 def test_config_only_counts_parameters_like_a_real_model(config_dirs, capsys, tiny_paths):
