@@ -107,13 +107,17 @@ def quantization_request(kwargs: dict, config=None) -> tuple[str, str] | None:
 
 def refuse_quantization(name: str, method: str, where: str) -> UserError:
     """The one-line refusal of a quantised load (see the module docstring)."""
+    if "bitsandbytes" in method:
+        why = ("transformers 5 keeps each MoE layer's experts as fused 3-D parameters, which bitsandbytes does not "
+               "quantise (it replaces nn.Linear modules only), so attention and dense linears would be quantised while "
+               "the routed experts - most of the weights - stay in full precision (routers too)")
+    else:
+        why = ("routerlens has not checked which weights this method quantises in transformers 5 (the fused 3-D "
+               "experts or only nn.Linear modules), nor masking, tracing and training on its quantised weights")
     return UserError(
-        f"{name}: {method} quantization ({where}) is refused: transformers 5 keeps each MoE layer's experts as fused "
-        "3-D parameters, which bitsandbytes does not quantise (it replaces nn.Linear modules only), so attention and "
-        "dense linears would be quantised while the routed experts - most of the weights - stay in full precision "
-        "(routers too); load in bf16 over several GPUs instead (--dtype bfloat16 --device-map auto), or opt in with "
-        "--allow-partial-quantization (rl.load(..., allow_partial_quantization=True)): lm.quantization then "
-        "lists what was quantised")
+        f"{name}: {method} quantization ({where}) is refused: {why}; load in bf16 over several GPUs instead "
+        "(--dtype bfloat16 --device-map auto), or opt in with --allow-partial-quantization "
+        "(rl.load(..., allow_partial_quantization=True)): lm.quantization then lists what was quantised")
 
 
 def _is_quantised(p: torch.Tensor) -> bool:

@@ -142,6 +142,7 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     lm = MoEModel(hf, tok, name="toy" if name_or_path == "toy" else str(name_or_path))
     if quant is not None:
         lm.quantization = describe_quantization(lm, quant[0])
+        lm.spec.notes.append(lm.quantization["summary"])  # inspect and the spec say it too
     probe_attention(lm)
     return lm
 

@@ -167,6 +167,12 @@ def test_quantization_config_is_refused_with_the_reason(tiny_paths):
         assert needle in msg, needle
 
 
+def test_other_quantization_methods_are_refused_without_the_bitsandbytes_reason(tiny_paths):
+    with pytest.raises(UserError) as e:
+        rl.load(tiny_paths["olmoe"], quantization_config={"quant_method": "fp8"})
+    assert "fp8 quantization" in str(e.value) and "has not checked" in str(e.value)
+
+
 def test_load_in_4bit_flag_is_refused(tiny_paths):
     with pytest.raises(UserError, match="load_in_4bit=True"):
         rl.load(tiny_paths["olmoe"], load_in_4bit=True)
@@ -220,3 +226,4 @@ def test_opt_in_states_what_was_quantised(prequantised, tiny_paths, monkeypatch)
     assert q["not_quantised"]["attention"] == norms  # OLMoE's q/k norms are no nn.Linear
     assert q["not_quantised"]["experts"] == experts and q["not_quantised"]["routers"] > 0
     assert "NOT quantised experts" in q["summary"] and "NOT quantised experts" in repr(lm)
+    assert q["summary"] in lm.spec.notes
