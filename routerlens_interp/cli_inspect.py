@@ -117,7 +117,11 @@ def human(rec: dict) -> str:
     rp = ", ".join(f"{k}={v}" for k, v in rec["routing_params"].items())
     mix = ", ".join(f"{l}: {k}" for l, k in rec["mixers"].items()) or "none"
     checks = "  ".join(f"{k}: {v}" for k, v in rec["checks"].items())
-    hp = "; ".join(f"{k} [{v}]" for k, v in rec["hook_points"].items())
+    groups: dict[str, list[str]] = {}  # layers → the points they have (one entry per layer set on screen)
+    for k, v in rec["hook_points"].items():
+        groups.setdefault(v, []).append(k.removeprefix("blocks.L."))
+    hp = "; ".join(f"blocks.L.{{{', '.join(ks)}}} for L in [{v}]" if len(ks) > 1 else f"blocks.L.{ks[0]} for L in [{v}]"
+                   for v, ks in groups.items())
     lines = [f"model       {rec['model']}  ({rec['class']}, {rec['implementation']})",
              f"family      {rec['family']}: {rec['n_layers']} layers, MoE layers {ranges(rec['moe_layers'])}, "
              f"dense {ranges(rec['dense_layers'])}",

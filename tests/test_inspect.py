@@ -84,7 +84,7 @@ def test_config_only_human_screen(config_dirs, capsys):
     assert len(lines) <= 24
     text = "\n".join(lines)
     for needle in ("qwen2_moe", "MoE layers 1-2", "dense 0", "8 routed per MoE layer, top-2", "shared shared_expert",
-                   "softmax_topk", "blocks.L.router.hook_logits [1-2]", "reroute: not run (config only)"):
+                   "softmax_topk", "router.hook_logits, router.hook_choice, router.hook_select, experts.hook_route} for L in [1-2]", "reroute: not run (config only)"):
         assert needle in text, needle
 
 
