@@ -53,6 +53,19 @@ def test_device_rule_helpers(load_tiny):
     assert spread(Fake()) and index_device(Fake()) == torch.device("cpu")
 
 
+def test_count_moves_every_record_to_its_accumulator(load_tiny, monkeypatch):
+    """Each router record (logits, indices, weights) of every MoE layer goes through the one move before it is
+    accumulated (a guard: on a CPU the move is a no-op, so only the call itself can be checked here)."""
+    from routerlens_interp import counting
+
+    lm = load_tiny("olmoe")
+    calls = []
+    monkeypatch.setattr(counting, "to_acc", lambda x, acc: calls.append((tuple(x.shape), acc.dtype)) or to_acc(x, acc))
+    rl.count_experts(lm, EX, batch_size=len(EX))
+    assert len(calls) == 3 * len(lm.spec.moe_layers)
+    assert sorted({dt for _, dt in calls}, key=str) == [torch.float64, torch.int64]
+
+
 # --- accelerate's dispatch hooks on a CPU (a layer offloaded to disk) ------------------------------------
 @pytest.fixture(scope="module")
 def dispatched(tiny_paths, tmp_path_factory):
