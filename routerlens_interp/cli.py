@@ -11,8 +11,9 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from .cli_checks import (add_debug, add_png_flags, png_mode, check_out_dir, check_out_file, describe_error, load_model, non_negative_int,
-                         positive_float, positive_int, probability, seed_int, user_errors)
+from .cli_checks import (add_debug, add_load_options, add_png_flags, check_out_dir, check_out_file, describe_error,
+                         load_model, load_options, non_negative_int, png_mode, positive_float, positive_int,
+                         probability, seed_int, user_errors)
 from .cli_checks import add_overwrite, claim_out, outputs_held  # outputs: the lock, --overwrite
 
 
@@ -29,7 +30,9 @@ def seed_everything(seed: int) -> None:
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, threads_default=None) -> None:
     if model:
         p.add_argument("--model", default="toy", help="'toy' (bundled), a hub id or a local directory (default: toy)")
-        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
+        p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu); the weights are read "
+                                                      "straight onto it")
+        add_load_options(p)
     if data:
         p.add_argument("--data", required=True,
                        help="a hub name (squad, nq-swap, confiqa = ConFiQA-MC, the paper's; confiqa-qa, confiqa-mr, "
@@ -52,7 +55,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
 
 def _load(args):
     seed_everything(args.seed)
-    return load_model(args.model, device=args.device)
+    return load_model(args.model, **load_options(args))
 
 
 def _data(args, default_split: str):
@@ -371,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ces_parsers(sub, _common)
     from .cli_run import add_parser as add_run_parser  # the whole method on any model
     add_run_parser(sub, _common)
+    from .cli_inspect import add_parser as add_inspect_parser  # inspect
+    add_inspect_parser(sub, _common)
     return p
 
 

@@ -15,14 +15,11 @@ from .errors import UserError
 
 def _setup(args, default_split: str = "test"):
     import routerlens_interp as rl
-    from .cli import seed_everything
-
+    from .cli import _load
     from .data import default_split as split_for
 
     data = rl.load_dataset(args.data, split=split_for(args.data, args.split, default_split), limit=args.limit)
-    seed_everything(args.seed)
-    lm = rl.load(args.model, device=args.device)
-    return lm, data
+    return _load(args), data
 
 
 def _emit(args, obj: dict, human: str) -> None:

@@ -15,8 +15,9 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 __all__ = ["positive_int", "non_negative_int", "seed_int", "positive_float", "probability", "check_out_file",
-           "check_out_dir", "check_device", "load_model", "first_line", "one_line", "user_errors", "describe_error",
-           "add_debug", "add_png_flags", "png_mode", "add_overwrite", "claim_out", "outputs_held", "OVERWRITE_HELP"]
+           "check_out_dir", "check_device", "load_model", "add_load_options", "load_options", "first_line", "one_line",
+           "user_errors", "describe_error", "add_debug", "add_png_flags", "png_mode", "add_overwrite", "claim_out",
+           "outputs_held", "OVERWRITE_HELP"]
 
 
 # --- numbers at the boundary: argparse turns an ArgumentTypeError into a usage line and exit 2 -----
@@ -180,18 +181,57 @@ def check_device(device: str | None) -> None:
         raise UserError(f"--device {device}: MPS is not available here; use --device cpu")
 
 
-def load_model(name: str, device: str | None = None):
+def add_load_options(p: argparse.ArgumentParser) -> None:
+    """The loading options of every command that loads a model (``--model`` and ``--device`` are added by
+    the caller); :func:`load_options` reads them back."""
+    from .loading import DTYPES
+
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="parameter dtype (default: as transformers loads the checkpoint)")
+    p.add_argument("--device-map", type=device_map_arg, default=None, metavar="MAP",
+                   help="spread the layers over devices: auto, balanced, sequential, or a JSON object "
+                        "'{\"model.layers.0\": 0, ...}' (excludes --device; needs accelerate)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the model repository's own modeling code (model and tokenizer)")
+    p.add_argument("--revision", default=None, help="hub branch, tag or commit of the model (model and tokenizer)")
+    p.add_argument("--allow-partial-quantization", action="store_true",
+                   help="load a quantised checkpoint / quantization_config anyway (bitsandbytes quantises nn.Linear "
+                        "modules only: not transformers 5's fused experts); refused otherwise")
+
+
+def device_map_arg(text: str):
+    from .loading import parse_device_map
+
+    try:
+        return parse_device_map(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def load_options(args) -> dict:
+    """The keyword arguments of :func:`load_model` from parsed CLI arguments."""
+    return {k: getattr(args, k, None) for k in ("device", "dtype", "device_map", "revision")} | {
+        "trust_remote_code": bool(getattr(args, "trust_remote_code", False)),
+        "allow_partial_quantization": bool(getattr(args, "allow_partial_quantization", False))}
+
+
+def load_model(name: str, device: str | None = None, **options):
     """``rl.load`` with the errors a user causes (no such model, no network, a damaged or incomplete
-    model directory) turned into a :class:`UserError` that says which and what to do."""
+    model directory) turned into a :class:`UserError` that says which and what to do. ``options``: the
+    loading options of ``rl.load`` (``dtype``, ``device_map``, ``trust_remote_code``, ``revision``,
+    ``allow_partial_quantization``)."""
     import routerlens_interp as rl
 
     from .errors import UserError
     from .prompts import check_tokenizer
 
     check_device(device)
+    if device is not None and options.get("device_map") is not None:
+        raise UserError(f"--device {device} and --device-map exclude each other: a device map already says where "
+                        "every layer goes; give one of them")
     local = name == "toy" or Path(name).expanduser().is_dir()
     try:
-        lm = rl.load(name, device=device)
+        lm = rl.load(name, device=device, **options)
     except UserError:
         raise
     except (OSError, ValueError) as err:

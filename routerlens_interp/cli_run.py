@@ -52,7 +52,7 @@ def run_data(args):
 def cmd_run(args) -> None:
     from .cli import seed_everything
     from .cli_checks import png_mode
-    from .cli_checks import load_model
+    from .cli_checks import load_model, load_options
     from .demo import toy_recipes
     from .paper import PAPER_N_CES, paper_recipe
     from .pipeline import Sizes, run_pipeline
@@ -75,7 +75,7 @@ def cmd_run(args) -> None:
                   if v is not None})
     data = run_data(args)
     seed_everything(args.seed)
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, **load_options(args))
     for part in (data.train, data.dev, data.test):
         check_examples(lm, part, with_answer=True)
     sizes = Sizes(n_test=args.n_test, n_side=args.n_test, n_count=args.n_count, n_analysis=args.n_analysis,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from .devices import to_acc
 from .errors import UserError
 
 
@@ -102,8 +103,11 @@ class _Recorder:
     def __exit__(self, *exc):
         self.stack.close()
 
+    # With a device map a layer's router outputs live on that layer's device: each record is moved to the
+    # accumulators' device before it is selected and added (routerlens_interp.devices).
     def _logits_read(self, r):
         def read(logits):
+            logits = to_acc(logits, self.psum)
             probs = logits.reshape(-1, logits.shape[-1]).float().softmax(dim=-1)[self.token_mask]
             self.psum[r] += probs.nan_to_num().sum(dim=0).double()
         return read
@@ -111,6 +115,7 @@ class _Recorder:
     def _route_read(self, r):
         def read(idx, w):
             k = idx.shape[-1]
+            idx, w = to_acc(idx, self.counts), to_acc(w, self.counts)
             idx, w = idx.reshape(-1, k)[self.token_mask], w.reshape(-1, k)[self.token_mask]
             E = self.spec.n_experts
             self.counts[r] += torch.bincount(idx.reshape(-1).long(), minlength=E)[:E]

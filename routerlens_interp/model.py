@@ -33,6 +33,7 @@ class MoEModel:
             tokenizer.pad_token = tokenizer.eos_token
         self._nnsight = None
         self._hooks = None
+        self.quantization: dict | None = None  # set by load() for an opted-in quantised load
 
     @property
     def hooks(self):
@@ -45,12 +46,17 @@ class MoEModel:
 
     def __repr__(self) -> str:
         s = self.spec
+        q = f", quantization={self.quantization['summary']!r}" if self.quantization else ""
         return (f"MoEModel({self.name!r}, family={s.family}, layers={s.n_layers}, moe_layers={len(s.moe_layers)}, "
-                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing})")
+                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing}{q})")
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where input ids go: the input embedding's device (with a device map, layers may sit elsewhere;
+        every reader moves what it records to where it accumulates, see :mod:`routerlens_interp.devices`)."""
+        from .devices import input_device
+
+        return input_device(self.hf)
 
     @property
     def window(self) -> int | None:
@@ -92,43 +98,63 @@ class MoEModel:
         return h.hexdigest()
 
 
-def load(name_or_path: str = "toy", device: str | torch.device | None = None, dtype=None,
-         **hf_kwargs) -> MoEModel:
+def load(name_or_path: str = "toy", device: str | torch.device | None = None, dtype=None, *,
+         device_map=None, trust_remote_code: bool = False, revision: str | None = None,
+         allow_partial_quantization: bool = False, **hf_kwargs) -> MoEModel:
     """Load an MoE model.
 
     Args:
         name_or_path: ``"toy"`` (the bundled model; ``"toy-v1"`` names the same world-v1 model and stays
             loadable under that name if a world-v2 model becomes the default), a hub id (``"allenai/OLMoE-1B-7B-0924-Instruct"``)
             or a local directory written by ``save_pretrained``.
-        device: where to put it (``"cuda"``, ``"cpu"``, ...); default CPU. ``device_map`` may be passed
-            in ``hf_kwargs`` instead for multi-GPU sharding.
-        dtype: parameter dtype (e.g. ``torch.bfloat16``); default as saved.
+        device: where to put it (``"cuda"``, ``"cpu"``, ...); default CPU. The weights are read straight onto
+            that device (``device_map={"": device}``), never loaded on the CPU first.
+        dtype: parameter dtype: a ``torch.dtype`` or ``"auto"`` / ``"float32"`` / ``"bfloat16"`` / ``"float16"``;
+            default as transformers loads it.
+        device_map: spread the layers over devices (``"auto"``, or ``{"model.layers.0": 0, ...}``); excludes
+            ``device``. Every reader and edit of the toolkit moves what it records to where it accumulates.
+        trust_remote_code / revision: passed to the model's *and* the tokenizer's ``from_pretrained``.
+        allow_partial_quantization: load although a ``quantization_config`` is given or saved (refused by
+            default: bitsandbytes quantises ``nn.Linear`` modules only, not transformers 5's fused experts);
+            ``lm.quantization`` then says what was really quantised.
         hf_kwargs: passed to ``from_pretrained``; ``attn_implementation`` defaults to transformers' choice
             (``"sdpa"`` where the family supports it, else ``"eager"``); ``"eager"`` keeps the full
             ``[B, H, T, T]`` probabilities (memory grows with T²).
 
-    Raises :class:`~routerlens_interp.arch.NotMoEError` for a dense model or an unreadable layout.
+    Raises :class:`~routerlens_interp.arch.NotMoEError` for a dense model or an unreadable layout,
+    :class:`~routerlens_interp.errors.UserError` for a refused quantised load or conflicting options.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from .loading import describe_quantization, load_config, loading_kwargs, quantization_request, refuse_quantization
 
     if name_or_path == "toy-v1":
         name_or_path = "toy"
-    path = str(TOY_DIR) if name_or_path == "toy" else str(name_or_path)
-    if name_or_path == "toy" and not (TOY_DIR / "config.json").exists():
-        raise FileNotFoundError(f"the bundled toy model is missing from {TOY_DIR}; reinstall the package or "
-                                f"train it with `python -m routerlens_interp.toy.pretrain --out {TOY_DIR}`")
-    kw = dict(hf_kwargs)
-    if dtype is not None:
-        kw["dtype"] = dtype
+    path = resolve_path(name_or_path)
+    kw, tok_kw = loading_kwargs(device, dtype, device_map, trust_remote_code, revision, hf_kwargs)
+    quant = quantization_request(kw, load_config(path, trust_remote_code, revision))
+    if quant is not None and not allow_partial_quantization:
+        raise refuse_quantization(str(name_or_path), *quant)
     hf = _from_pretrained(path, kw)
     hf.config.output_router_logits = False  # True breaks padded generate (aux loss shapes)
-    if device is not None and "device_map" not in hf_kwargs:
-        hf = hf.to(device)
     hf.eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, **tok_kw)
     lm = MoEModel(hf, tok, name="toy" if name_or_path == "toy" else str(name_or_path))
+    if quant is not None:
+        lm.quantization = describe_quantization(lm, quant[0])
+        lm.spec.notes.append(lm.quantization["summary"])  # inspect and the spec say it too
     probe_attention(lm)
     return lm
+
+
+def resolve_path(name_or_path: str) -> str:
+    """``"toy"`` / ``"toy-v1"`` → the bundled model's directory; anything else unchanged (a hub id or a path)."""
+    if name_or_path not in ("toy", "toy-v1"):
+        return str(name_or_path)
+    if not (TOY_DIR / "config.json").exists():
+        raise FileNotFoundError(f"the bundled toy model is missing from {TOY_DIR}; reinstall the package or "
+                                f"train it with `python -m routerlens_interp.toy.pretrain --out {TOY_DIR}`")
+    return str(TOY_DIR)
 
 
 def _from_pretrained(path: str, kw: dict):

@@ -34,7 +34,11 @@ def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
     spec = lm.spec
     if spec.lens is not None:
         raise ValueError(f"the logit lens is off for this {spec.family} model: {spec.lens}")
-    logits = spec.unembed(lm.hf)(spec.final_norm(lm.hf)(h))
+    from ..devices import module_device
+
+    norm, unembed = spec.final_norm(lm.hf), spec.unembed(lm.hf)
+    h = norm(h.to(module_device(norm, h.device)))  # each module's input on its own device (device maps)
+    logits = unembed(h.to(module_device(unembed, h.device)))
     if spec.logit_scale is not None:
         op, v = spec.logit_scale
         logits = logits / v if op == "divide" else logits * v if op == "multiply" else torch.tanh(logits / v) * v

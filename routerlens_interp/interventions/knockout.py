@@ -42,8 +42,10 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
         raise ValueError(f"query {query} and keys {list(keys)} must satisfy 0 <= key <= query < length {length}")
     if set(range(query + 1)) <= set(keys):
         raise ValueError("cannot block every position the query can see: the attention row would be empty")
-    mask = causal_mask(length, lm.hf.dtype, lm.device)
+    mask = causal_mask(length, lm.hf.dtype, "cpu")
     mask[0, 0, query, list(keys)] = torch.finfo(mask.dtype).min
+    # one copy per device the chosen layers run on (a device map spreads them): built where it is used
+    on_device: dict = {}
 
     no_attn = [l for l in layers if l not in lm.spec.attention_layers]
     if no_attn:
@@ -55,7 +57,7 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
         """Block the entries in the model's own mask (keeps its sliding windows and sinks); a plain causal
         mask where the model passes none."""
         if old is None:
-            return mask
+            return mask  # replaced below by the copy on the layer's device
         if isinstance(old, torch.Tensor) and old.dim() >= 2 and old.shape[-2] == length and old.shape[-1] >= length:
             new = old.clone()
             new[..., query, list(keys)] = False if new.dtype == torch.bool else lo
@@ -64,7 +66,21 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
                            f"({type(old).__name__} {tuple(getattr(old, 'shape', ()))}); it supports additive or "
                            f"boolean [.., T, T] masks")
 
+    from ..devices import module_device
+
+    def on(dev):
+        if dev not in on_device:
+            on_device[dev] = mask.to(dev)
+        return on_device[dev]
+
+    def edit_on(dev):
+        def fn(old):
+            new = edit(old)
+            return on(dev) if new is mask else new
+        return fn
+
     with ExitStack() as stack:
         for l in layers:
-            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", edit))
+            dev = module_device(lm.spec.attention(lm.hf, l), lm.device)
+            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", edit_on(dev)))
         yield

@@ -144,9 +144,12 @@ def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Te
 
     Returns ``[B, L]`` probability of each target after each layer.
     """
+    from ..devices import module_device
     from ..hooks import lens_logits
 
-    h = torch.stack([r.detach() for r in resid], dim=1)  # [B, L, D]
+    # a device map leaves each layer's residual on its own device: join them where the final norm runs
+    dev = module_device(lm.spec.final_norm(lm.hf), resid[0].device)
+    h = torch.stack([r.detach().to(dev) for r in resid], dim=1)  # [B, L, D]
     probs = lens_logits(lm, h).float().softmax(dim=-1)
     t = targets.to(probs.device)[:, None, None].expand(-1, probs.shape[1], 1)
     return probs.gather(-1, t).squeeze(-1).cpu()

@@ -71,5 +71,6 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
                 if lens:
                     h = layer.output
                     h = h[0] if isinstance(h, tuple) else h  # some layers also return indexer state
-                    out["resid"][i] = h[rows, q].save()
+                    # indices on the layer's own device (a device map puts layers on several devices)
+                    out["resid"][i] = h[rows.to(h.device), q.to(h.device)].save()
     return out

@@ -175,8 +175,10 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
                                              return_type=None)
     for i in range(spec.n_layers):
         if span_masks is not None and i in spec.attention_layers:
-            pat = cache[f"blocks.{i}.attn.hook_pattern"][rows, :, q]  # [B, H, T]
-            out["attention"][i] = torch.einsum("bhk,bsk->bhs", pat.float(), span_masks)
+            pat = cache[f"blocks.{i}.attn.hook_pattern"]
+            pat = pat[rows.to(pat.device), :, q.to(pat.device)]  # [B, H, T], on the layer's device
+            out["attention"][i] = torch.einsum("bhk,bsk->bhs", pat.float(), span_masks.to(pat.device))
         if lens:
-            out["resid"][i] = cache[f"blocks.{i}.hook_resid_post"][rows, q]
+            h = cache[f"blocks.{i}.hook_resid_post"]
+            out["resid"][i] = h[rows.to(h.device), q.to(h.device)]
     return out

@@ -139,7 +139,8 @@ def answer_loss(logits: torch.Tensor, labels: torch.Tensor, positions: torch.Ten
     if positions is None:
         logits, target = logits[:, :-1], labels[:, 1:]
     else:
-        target = labels[:, positions + 1]
+        target = labels[:, positions.to(labels.device) + 1]
+    target = target.to(logits.device)  # with a device map the logits come out on the unembedding's device
     logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
                            reduction="sum")

@@ -146,9 +146,12 @@ def _takes_logits_to_keep(cls: type) -> bool:
 def _forward_loss(model, hf, mb: dict) -> torch.Tensor:
     """Summed answer-token loss of one micro-batch; the LM head runs only at the answer positions when
     the model's forward takes ``logits_to_keep`` (transformers' causal LMs do), else on every position."""
+    from ..devices import index_device
+
     keep = {}
     if _takes_logits_to_keep(type(hf)):
-        keep = {"logits_to_keep": answer_positions(mb["labels"])}
+        # the positions index the last hidden states, wherever a device map put the final norm
+        keep = {"logits_to_keep": answer_positions(mb["labels"]).to(index_device(hf))}
     out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], output_router_logits=False,
                 use_cache=False, **keep)
     return answer_loss(out.logits, mb["labels"], keep.get("logits_to_keep"))
@@ -207,7 +210,7 @@ def dev_loss(lm, items: list[Item], acc=None, batch_size: int = 8, lockstep: boo
             mb = collate(chunk or items[:1], lm.tokenizer.pad_token_id, lm.device)
             s = _forward_loss(lm.hf, lm.hf, mb)
             if chunk:
-                total[0] += s.double()
+                total[0] += s.double().to(total.device)
                 total[1] += (mb["labels"][:, 1:] != -100).sum()
     if world > 1:
         total = acc.reduce(total, reduction="sum")
@@ -465,7 +468,7 @@ class _Run:
                         # DDP and FSDP average gradients over processes; scaling by world / global token
                         # count makes the sum over processes and micro-batches the global-batch mean.
                         acc.backward(s * (world / n_tok))
-                    loss_sum += s.detach().double()
+                    loss_sum += s.detach().double().to(loss_sum.device)
                     step_tokens += mb["attention_mask"].sum()
                     del s
                 if world > 1:

@@ -28,6 +28,12 @@ __all__ = ["tune_router", "ceft", "full_finetune"]
 def _run(lm, train_data, dev_data, method, setup, index, adapter_cls, extra_manifest, *, config, out_dir, resume,
          progress, seed, callback, **cfg):
     config = TrainConfig.make(config, seed=seed, **cfg)
+    params = dict(lm.hf.named_parameters())
+    offloaded = [n for n in index if n in params and params[n].device.type == "meta"]
+    if offloaded:  # accelerate keeps offloaded weights off the module between forwards: no optimizer can step them
+        raise UserError(f"{len(offloaded)} tensor(s) to train (e.g. {offloaded[0]}) sit in layers the device map "
+                        "offloads to the CPU or disk, which cannot be trained; give a device map that puts the "
+                        "trained layers on GPUs (or load on one device)")
     acc = make_accelerator(lm)
     base_fp = fingerprint(lm, index)  # of the base tensors the adapter will replace, before training
     train_items, dropped = prepare(lm, train_data, config.max_tokens, "train")

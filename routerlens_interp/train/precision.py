@@ -55,15 +55,19 @@ def training_precision(hf: nn.Module, params: list[nn.Parameter], precision: str
                     for p, v in zip(params, values):
                         p.copy_(v.to(p.device))
             state: list = []
-            device = next(hf.parameters()).device
+            # one autocast per device type the model runs on (a device map may mix cuda and cpu layers)
+            kinds = {p.device: None for p in hf.parameters() if p.device.type != "meta"} or {torch.device("cpu"): None}
+            types = list({d.type: d for d in kinds}.values())
 
             def enter(module, args):
-                ctx = autocast(precision, device)
-                ctx.__enter__()
-                state.append(ctx)
+                ctxs = [autocast(precision, d) for d in types]
+                for c in ctxs:
+                    c.__enter__()
+                state.append(ctxs)
 
             def leave(module, args, output):
-                state.pop().__exit__(None, None, None)
+                for c in reversed(state.pop()):
+                    c.__exit__(None, None, None)
             handles += [hf.register_forward_pre_hook(enter), hf.register_forward_hook(leave, always_call=True)]
         had_input_hook = hasattr(hf, "_require_grads_hook")
         if gradient_checkpointing and not was_ckpt:
