@@ -31,7 +31,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
         p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cpu)")
     if data:
         p.add_argument("--data", required=True, help="toy-open, toy-conflict, toy-memory, squad, nq-swap, confiqa, "
-                                                     "nq, hotpotqa, or a local JSON/JSONL file")
+                                                     "nq, hotpotqa, counterfact, memotrap, gigaword, mmlu[:SUBJECT], "
+                                                     "or a local JSON/JSONL (or MemoTrap CSV) file")
         p.add_argument("--split", default=None, help="data split (default: test for evaluation, train for training)")
         p.add_argument("--limit", type=positive_int, default=None, help="use only the first N examples")
     p.add_argument("--seed", type=seed_int, default=826, help="random seed (default: 826, the paper's)")
@@ -95,10 +96,15 @@ def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
     check_out_file(args.predictions, "--predictions", "predictions.jsonl")
+    from .cli_eval import emit_evaluation, evaluate_kwargs  # accuracy / BLEU-METEOR-ROUGE-L / AccLLM by data set
+
     lm, data = _model_and_data(args, "test")
     with ExitStack() as stack:
         _interventions(stack, lm, args)
-        s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True)
+        s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True,
+                        **evaluate_kwargs(args))
+    if emit_evaluation(args, data, s):
+        return
     if args.predictions:
         Path(args.predictions).write_text("\n".join(json.dumps({"question": e.question, "gold": e.answers,
                                                                   "prediction": p}) for e, p in
@@ -226,7 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d, data=False, model=False, threads_default=1)
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("evaluate", help="EM/F1/memory-rate by greedy decoding")
+    from .cli_eval import add_evaluate_args
+
+    e = sub.add_parser("evaluate", help="the data set's metric: EM/F1/memory-rate (QA), accuracy (MemoTrap, MMLU), "
+                                        "BLEU/METEOR/ROUGE-L (Gigaword); --judge adds AccLLM")
     _common(e)
     e.add_argument("--adapter", help="adapter directory to apply")
     e.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
@@ -235,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=positive_int, default=32)
     e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--predictions", help="write predictions as JSONL here")
+    add_evaluate_args(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("count", help="count expert selections per MoE layer")

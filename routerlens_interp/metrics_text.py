@@ -33,7 +33,7 @@ def _require(module: str, pip_name: str):
         return importlib.import_module(module)
     except ImportError as err:
         raise UserError(f"this metric needs the '{pip_name}' package ({err}); install it with "
-                        f"`pip install {pip_name}` or `pip install 'routerlens_interp[eval]'`") from None
+                        f"`pip install {pip_name}` (a dependency of routerlens_interp)") from None
 
 
 def _refs(references: Sequence) -> list[list[str]]:
