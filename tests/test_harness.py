@@ -1,0 +1,133 @@
+"""rl.harness: lm-evaluation-harness on the in-memory model, offline, with a task of our own."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval", reason="lm-eval is optional: pip install 'routerlens_interp[harness]'")
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny  # noqa: E402
+
+import routerlens_interp as rl  # noqa: E402
+from routerlens_interp.errors import UserError  # noqa: E402
+
+DOCS = [
+    {"question": "Alice was born in Paris. Where was Alice born?", "choices": ["Paris", "Rome", "Berlin"], "answer": 0},
+    {"question": "Bob lives in Rome. Where does Bob live?", "choices": ["Paris", "Rome", "Berlin"], "answer": 1},
+    {"question": "Carol works in Berlin as a baker. Who works in Berlin?", "choices": ["Alice", "Bob", "Carol"],
+     "answer": 2},
+    {"question": "When was Bob Jones born?", "choices": ["1950", "1972"], "answer": 1},
+]
+
+TASK = """task: rl_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}\\nAnswer:"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, monkeypatch_module):
+    d = tmp_path_factory.mktemp("harness")
+    (d / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in DOCS))
+    (d / "tasks").mkdir()
+    (d / "tasks" / "rl_tiny_choice.yaml").write_text(TASK.format(data=d / "docs.jsonl"))
+    lm = rl.load(tiny.save("olmoe", d / "model"))
+    return lm, str(d / "tasks")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    mp.setenv("HF_DATASETS_OFFLINE", "1")  # nothing may come from the network
+    mp.setenv("HF_HUB_OFFLINE", "1")
+    yield mp
+    mp.undo()
+
+
+@torch.no_grad()
+def direct(lm, context, continuation):
+    """Independent log P(continuation | context): one unpadded forward, the harness's encoding rule."""
+    tok = lm.tokenizer
+    ctx = tok(context, add_special_tokens=False)["input_ids"]
+    whole = tok(context + continuation, add_special_tokens=False)["input_ids"]
+    lp = torch.log_softmax(lm.hf(input_ids=torch.tensor([whole])).logits[0].double(), -1)
+    return float(sum(lp[i - 1, whole[i]] for i in range(len(ctx), len(whole))))
+
+
+def _run(lm, path):
+    return rl.harness(lm, ["rl_tiny_choice"], include_path=path, include_defaults=False, log_samples=True,
+                      progress=False)
+
+
+def _expected_acc(lm):
+    hits = []
+    for doc in DOCS:
+        lps = [direct(lm, doc["question"] + "\nAnswer:", " " + c) for c in doc["choices"]]
+        hits.append(max(range(len(lps)), key=lps.__getitem__) == doc["answer"])
+    return sum(hits) / len(hits), lps
+
+
+def test_harness_equals_direct_loglikelihood_and_mask_changes_it(setup):
+    lm, path = setup
+    plain = _run(lm, path)
+    acc, _ = _expected_acc(lm)
+    assert plain["results"]["rl_tiny_choice"]["acc,none"] == pytest.approx(acc)
+    samples = sorted(plain["samples"]["rl_tiny_choice"], key=lambda s: s["doc_id"])
+    for s, doc in zip(samples, DOCS):
+        got = [r[0][0] for r in s["resps"]]
+        want = [direct(lm, doc["question"] + "\nAnswer:", " " + c) for c in doc["choices"]]
+        assert got == pytest.approx(want, abs=1e-4)
+    with rl.mask_experts(lm, {l: [0, 1, 2, 3] for l in lm.spec.moe_layers}):
+        masked = _run(lm, path)
+        m_acc, _ = _expected_acc(lm)
+    m_samples = sorted(masked["samples"]["rl_tiny_choice"], key=lambda s: s["doc_id"])
+    assert masked["results"]["rl_tiny_choice"]["acc,none"] == pytest.approx(m_acc)
+    assert [r[0][0] for r in m_samples[0]["resps"]] != pytest.approx([r[0][0] for r in samples[0]["resps"]], abs=1e-3)
+
+
+def test_generate_until_and_rolling_match_direct_decoding(setup):
+    from lm_eval.api.instance import Instance
+
+    lm, _ = setup
+    h = rl.HarnessLM(lm, progress=False)
+    ctx = "Question: Where was Alice Smith born? Answer:"
+    req = Instance(request_type="generate_until", doc={}, arguments=(ctx, {"until": ["\n"], "max_gen_toks": 6}), idx=0)
+    (text,) = h.generate_until([req])
+    ids = lm.tokenizer(ctx, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # independent greedy loop
+        seq = list(ids)
+        for _ in range(6):
+            nxt = int(lm.hf(input_ids=torch.tensor([seq])).logits[0, -1].argmax())
+            if nxt == lm.tokenizer.eos_token_id:
+                break
+            seq.append(nxt)
+    assert text == lm.tokenizer.decode(seq[len(ids):], skip_special_tokens=True).split("\n")[0]
+    roll = Instance(request_type="loglikelihood_rolling", doc={}, arguments=("Bob lives in Rome.",), idx=0)
+    (lp,) = h.loglikelihood_rolling([roll])
+    toks = lm.tokenizer("Bob lives in Rome.", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        full = [lm.tokenizer.eos_token_id] + toks
+        logp = torch.log_softmax(lm.hf(input_ids=torch.tensor([full])).logits[0].double(), -1)
+    assert lp == pytest.approx(float(sum(logp[i, full[i + 1]] for i in range(len(toks)))), abs=1e-4)
+
+
+def test_unknown_task_is_a_clear_error(setup):
+    lm, path = setup
+    with pytest.raises(UserError, match="unknown lm-eval task"):
+        rl.harness(lm, ["no_such_task_xyz"], include_path=path, include_defaults=False)
