@@ -85,6 +85,8 @@ def load_judge(judge, device=None):
     """A judge from a name / path / model handle / ``(hf, tokenizer)`` / callable (returned as is)."""
     from .model import MoEModel
 
+    if isinstance(judge, _LocalJudge):
+        return judge
     if isinstance(judge, MoEModel):
         return _LocalJudge(judge.hf, judge.tokenizer, judge.name)
     if isinstance(judge, tuple) and len(judge) == 2:
