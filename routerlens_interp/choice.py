@@ -59,7 +59,6 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
     return ctx, whole[len(ctx):]
 
 
-@torch.no_grad()
 def loglikelihood_tokens(lm, pairs: Sequence[tuple[list[int], list[int]]], batch_size: int = 16,
                          progress: bool = False, desc: str = "loglikelihood") -> list[tuple[float, bool]]:
     """Summed log-probability of each continuation given its context, and whether greedy decoding yields it.
@@ -82,6 +81,13 @@ def loglikelihood_tokens(lm, pairs: Sequence[tuple[list[int], list[int]]], batch
     if truncated:
         warnings.warn(f"{truncated} of {len(rows)} inputs were longer than the model's window of {window} tokens and "
                       f"lost tokens from the left", stacklevel=2)
+    return _score_rows(lm, rows, batch_size, progress, desc)
+
+
+@torch.no_grad()
+def _score_rows(lm, rows: list[tuple[list[int], list[int]]], batch_size: int, progress: bool,
+                desc: str) -> list[tuple[float, bool]]:
+    """(input ids, continuation ids) rows → (summed log-probability, is greedy); one forward per batch."""
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     out: list[tuple[float, bool]] = []
     was = lm.hf.training
@@ -95,11 +101,11 @@ def loglikelihood_tokens(lm, pairs: Sequence[tuple[list[int], list[int]]], batch
             for b, (inp, _) in enumerate(chunk):
                 ids[b, :len(inp)] = torch.tensor(inp)
                 mask[b, :len(inp)] = 1
-            logits = lm.hf(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-            logp = torch.log_softmax(logits, dim=-1)
+            logits = lm.hf(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits  # [B, T, V]
             for b, (inp, cont) in enumerate(chunk):
                 n = len(cont)
-                rows_lp = logp[b, len(inp) - n:len(inp)]  # [n, V]: position t predicts token t + 1
+                # [n, V] in float32, only the continuation's rows: position t predicts token t + 1
+                rows_lp = torch.log_softmax(logits[b, len(inp) - n:len(inp)].float(), dim=-1)
                 tgt = torch.tensor(cont, device=rows_lp.device)
                 lp = float(rows_lp.gather(1, tgt[:, None]).sum())
                 out.append((lp, bool((rows_lp.argmax(-1) == tgt).all())))

@@ -131,3 +131,35 @@ def test_unknown_task_is_a_clear_error(setup):
     lm, path = setup
     with pytest.raises(UserError, match="unknown lm-eval task"):
         rl.harness(lm, ["no_such_task_xyz"], include_path=path, include_defaults=False)
+
+
+def test_lm_evals_own_mmlu_task_equals_rl_choice_accuracy(setup, monkeypatch):
+    """lm-eval's built-in ``mmlu_abstract_algebra`` (5-shot from dev) on our fixture rows gives exactly the
+    log-likelihoods of rl.choice_accuracy: the two implementations share the prompt and the scoring."""
+    import datasets
+
+    lm, _ = setup
+    fix = Path(__file__).parent / "fixtures"
+    rows = lambda n: [json.loads(l) for l in (fix / n).read_text().splitlines()]
+    real = datasets.load_dataset
+
+    def fake(path=None, name=None, *a, **k):
+        if path != "cais/mmlu":
+            return real(path, name, *a, **k)
+        assert name == "abstract_algebra"
+        dev = datasets.Dataset.from_list(rows("mmlu_dev.jsonl"))
+        return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows("mmlu_test.jsonl")), "dev": dev,
+                                     "validation": dev})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    res = rl.harness(lm, ["mmlu_abstract_algebra"], num_fewshot=5, log_samples=True, progress=False)
+    samples = sorted(res["samples"]["mmlu_abstract_algebra"], key=lambda s: s["doc_id"])
+    test, dev = rl.load_dataset(fix / "mmlu_test.jsonl"), rl.load_dataset(fix / "mmlu_dev.jsonl")
+    with pytest.warns(UserWarning):  # the tiny model's 128-token window cuts both the same way
+        mine = rl.choice_accuracy(lm, test, shots=5, fewshot=dev)
+    from routerlens_interp.choice import render_choice
+
+    assert samples[0]["arguments"][0][0] == render_choice(test[0], dev)[0]
+    for s, lps in zip(samples, mine["logprobs"]):
+        assert [r[0][0] for r in s["resps"]] == pytest.approx(lps, abs=1e-5)
+    assert res["results"]["mmlu_abstract_algebra"]["acc,none"] == pytest.approx(mine["accuracy"] / 100)
