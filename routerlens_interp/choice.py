@@ -5,7 +5,7 @@ continuation's tokens given the context, exactly as lm-evaluation-harness comput
 ``output_type: multiple_choice`` (trailing spaces of the context move to the continuation; the pair is
 tokenised whole and split at the context's length; no special tokens; an empty context is replaced by the
 EOS token; over-long inputs lose tokens from the left). The prediction is the arg-max; ``accuracy_norm``
-divides each score by the continuation's length in bytes first (lm-eval's ``acc_norm``).
+divides each score by the continuation's length in characters first (lm-eval's ``acc_norm``).
 
 MMLU's prompt is lm-eval's ``mmlu`` task: ``"The following are multiple choice questions (with answers) about
 {subject}.\\n\\n"``, then k solved ``dev`` examples and the question, each ``"{question}\\nA. …\\nD. …\\nAnswer:"``
@@ -165,7 +165,7 @@ def choice_accuracy(lm, data: Sequence[ChoiceExample], shots: int = 0, fewshot: 
     preds, preds_norm, logprobs = [], [], []
     for start, k, conts in spans:
         lp = [scores[start + j][0] for j in range(k)]
-        norm = [v / max(len(c.encode("utf-8")), 1) for v, c in zip(lp, conts)]
+        norm = [v / max(len(c), 1) for v, c in zip(lp, conts)]  # lm-eval's acc_norm: per character
         logprobs.append(lp)
         preds.append(max(range(k), key=lp.__getitem__))
         preds_norm.append(max(range(k), key=norm.__getitem__))

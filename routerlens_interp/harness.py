@@ -126,6 +126,17 @@ def _make_class():
 
 
 _CLASS = None
+_MANAGERS: dict = {}
+
+
+def _task_manager(include_path: tuple, include_defaults: bool):
+    """One ``TaskManager`` per (paths, defaults): indexing the ~15,000 built-in task configs takes seconds."""
+    from lm_eval.tasks import TaskManager
+
+    key = (tuple(str(p) for p in include_path), bool(include_defaults))
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=list(include_path) or None, include_defaults=include_defaults)
+    return _MANAGERS[key]
 
 
 def HarnessLM(lm, batch_size: int = 16, max_gen_toks: int = 256, progress: bool = True):
@@ -154,12 +165,12 @@ def harness(lm, tasks: Sequence[str] | str, num_fewshot: int | None = None, limi
     """
     _require()
     from lm_eval import simple_evaluate
-    from lm_eval.tasks import TaskManager
 
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)
     if not tasks:
         raise UserError("rl.harness needs at least one task name")
-    tm = TaskManager(include_path=include_path, include_defaults=include_defaults)
+    tm = _task_manager(tuple([include_path] if isinstance(include_path, str) else include_path or ()),
+                       include_defaults)
     missing = [t for t in tasks if t not in tm.all_tasks]
     if missing:
         raise UserError(f"unknown lm-eval task(s) {missing}; list them with `lm_eval ls tasks`, or give "

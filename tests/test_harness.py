@@ -163,3 +163,27 @@ def test_lm_evals_own_mmlu_task_equals_rl_choice_accuracy(setup, monkeypatch):
     for s, lps in zip(samples, mine["logprobs"]):
         assert [r[0][0] for r in s["resps"]] == pytest.approx(lps, abs=1e-5)
     assert res["results"]["mmlu_abstract_algebra"]["acc,none"] == pytest.approx(mine["accuracy"] / 100)
+
+
+def test_lm_evals_memo_trap_task_equals_rl_choice_accuracy(setup, monkeypatch):
+    """lm-eval's ``inverse_scaling_memo_trap`` (endings scored right after the prompt) = rl.choice_accuracy."""
+    import datasets
+
+    lm, _ = setup
+    data = rl.load_dataset(Path(__file__).parent / "fixtures" / "memotrap.csv")
+    real = datasets.load_dataset
+
+    def fake(path=None, name=None, *a, **k):
+        if path != "Albertmade/memo-trap":
+            return real(path, name, *a, **k)
+        rows = [{"prompt": ex.prompt, "classes": ex.choices, "answer_index": ex.label, "round": 1} for ex in data]
+        return datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    res = rl.harness(lm, ["inverse_scaling_memo_trap"], log_samples=True, progress=False)
+    samples = sorted(res["samples"]["inverse_scaling_memo_trap"], key=lambda s: s["doc_id"])
+    mine = rl.choice_accuracy(lm, data)
+    for s, lps in zip(samples, mine["logprobs"]):
+        assert [r[0][0] for r in s["resps"]] == pytest.approx(lps, abs=1e-5)
+    r = res["results"]["inverse_scaling_memo_trap"]
+    assert (r["acc,none"], r["acc_norm,none"]) == pytest.approx((mine["accuracy"] / 100, mine["accuracy_norm"] / 100))
