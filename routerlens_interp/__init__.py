@@ -21,7 +21,7 @@ _EXPORTS = {
     "grown_experts": ".selection",
     "evaluate": ".scoring", "forgetting": ".scoring",
     "ChoiceExample": ".data.benchmarks", "choice_accuracy": ".choice", "judge_accuracy": ".judge",
-    "harness": ".harness", "HarnessLM": ".harness",
+    "harness": ".lmeval", "HarnessLM": ".lmeval",
     "bleu": ".metrics_text", "rouge_l": ".metrics_text", "meteor": ".metrics_text", "text_scores": ".metrics_text",
     "attention_gain": ".analysis", "answer_probability_gain": ".analysis", "token_attention_diff": ".analysis",
     "attention_knockout": ".attention_knockout",

@@ -83,37 +83,62 @@ def evaluate(lm, data: Sequence, *, shots: int = 0, fewshot: Sequence[ChoiceExam
     return s
 
 
-def forgetting(lm, adapters, data: Sequence[ChoiceExample], shots: int = 0,
-               fewshot: Sequence[ChoiceExample] | None = None, batch_size: int = 16, progress: bool = False) -> dict:
+def forgetting(lm, adapters, data: Sequence[ChoiceExample] | None = None, shots: int = 0,
+               fewshot: Sequence[ChoiceExample] | None = None, batch_size: int = 16, progress: bool = False,
+               tasks: Sequence[str] | None = None, **harness_kwargs) -> dict:
     """How much multiple-choice accuracy (MMLU) each fine-tuned adapter loses against the base model.
 
     Args:
         adapters: ``{name: adapter}`` (or a list, named ``adapter0`` …) of objects with ``.applied(lm)``
             (RouterAdapter, ExpertAdapter, full fine-tuning's adapter): each is applied in turn, the base in between.
-        data: ``[n]`` ChoiceExample (e.g. ``rl.load_dataset("mmlu", split="test", limit=1000)``).
+        data: ``[n]`` ChoiceExample (e.g. ``rl.load_dataset("mmlu", split="test", limit=1000)``), scored by
+            :func:`~routerlens_interp.choice.choice_accuracy` with ``shots`` / ``fewshot``.
+        tasks: instead of ``data``, lm-eval task names (``["mmlu"]``) run through :func:`rl.harness
+            <routerlens_interp.lmeval.harness>` (``harness_kwargs``: ``num_fewshot``, ``limit``, ``include_path`` …);
+            the accuracy is the mean of the tasks' ``acc`` ×100.
     Returns:
         ``{"base": acc, "adapters": {name: {"accuracy", "drop"}}, "n", "shots"}`` — accuracies ×100,
-        ``drop = base − accuracy`` (positive = forgotten).
+        ``drop = base − accuracy`` (positive = forgotten); with ``tasks`` also ``"tasks"``.
     """
     from .choice import choice_accuracy
 
-    data = list(data)
-    if task_of(data) != "choice":
-        raise UserError("forgetting is measured on multiple-choice data (MMLU: rl.load_dataset('mmlu', ...))")
     named = dict(adapters) if isinstance(adapters, Mapping) else {f"adapter{i}": a for i, a in enumerate(adapters)}
     for name, a in named.items():
         if not hasattr(a, "applied"):
             raise UserError(f"adapter {name!r} ({type(a).__name__}) has no .applied(lm); pass RouterAdapter / "
                             f"ExpertAdapter objects (rl.load_adapter(DIR))")
-    if shots and fewshot is None:
-        from .choice import _hub_fewshot
+    if (data is None) == (tasks is None):
+        raise UserError("forgetting needs exactly one of data= (multiple-choice examples) or tasks= (lm-eval tasks)")
+    if tasks is not None:
+        from .lmeval import harness
 
-        fewshot = _hub_fewshot(data)  # fetched once, not once per adapter
-    run = lambda: choice_accuracy(lm, data, shots, fewshot, batch_size, progress)["accuracy"]
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        n_docs = {}
+
+        def run():
+            res = harness(lm, tasks, batch_size=batch_size, progress=progress, **harness_kwargs)
+            accs = [res["results"][t]["acc,none"] for t in tasks if "acc,none" in res["results"].get(t, {})]
+            if not accs:
+                raise UserError(f"the lm-eval tasks {tasks} report no 'acc' metric; forgetting compares accuracies")
+            n_docs.update({t: res.get("n-samples", {}).get(t, {}).get("effective") for t in tasks})
+            return 100.0 * sum(accs) / len(accs)
+        shots = harness_kwargs.get("num_fewshot") or 0
+    else:
+        data = list(data)
+        if task_of(data) != "choice":
+            raise UserError("forgetting is measured on multiple-choice data (MMLU: rl.load_dataset('mmlu', ...))")
+        if shots and fewshot is None:
+            from .choice import _hub_fewshot
+
+            fewshot = _hub_fewshot(data)  # fetched once, not once per adapter
+        run = lambda: choice_accuracy(lm, data, shots, fewshot, batch_size, progress)["accuracy"]
     base = run()
     out = {}
     for name, a in named.items():
         with a.applied(lm):
             acc = run()
         out[name] = {"accuracy": acc, "drop": base - acc}
-    return {"base": base, "adapters": out, "n": len(data), "shots": int(shots)}
+    result = {"base": base, "adapters": out, "n": len(data) if data is not None else n_docs, "shots": int(shots)}
+    if tasks is not None:
+        result["tasks"] = tasks
+    return result

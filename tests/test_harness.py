@@ -129,6 +129,9 @@ def test_generate_until_and_rolling_match_direct_decoding(setup):
 
 def test_unknown_task_is_a_clear_error(setup):
     lm, path = setup
+    import routerlens_interp.lmeval  # noqa: F401  (importing the module must not shadow the function)
+
+    assert rl.harness.__name__ == "harness" and callable(rl.harness)
     with pytest.raises(UserError, match="unknown lm-eval task"):
         rl.harness(lm, ["no_such_task_xyz"], include_path=path, include_defaults=False)
 
@@ -187,3 +190,21 @@ def test_lm_evals_memo_trap_task_equals_rl_choice_accuracy(setup, monkeypatch):
         assert [r[0][0] for r in s["resps"]] == pytest.approx(lps, abs=1e-5)
     r = res["results"]["inverse_scaling_memo_trap"]
     assert (r["acc,none"], r["acc_norm,none"]) == pytest.approx((mine["accuracy"] / 100, mine["accuracy_norm"] / 100))
+
+
+def test_forgetting_through_the_harness(setup):
+    lm, path = setup
+
+    class MaskAdapter:  # anything with .applied(lm) is an adapter to rl.forgetting
+        def applied(self, lm):
+            return rl.mask_experts(lm, {l: [0, 1, 2, 3] for l in lm.spec.moe_layers})
+
+    f = rl.forgetting(lm, {"masked": MaskAdapter()}, tasks=["rl_tiny_choice"], include_path=path,
+                      include_defaults=False)
+    base = 100 * _run(lm, path)["results"]["rl_tiny_choice"]["acc,none"]
+    with MaskAdapter().applied(lm):
+        masked = 100 * _expected_acc(lm)[0]
+    assert f["base"] == pytest.approx(base) and f["adapters"]["masked"]["accuracy"] == pytest.approx(masked)
+    assert f["n"] == {"rl_tiny_choice": 4} and f["tasks"] == ["rl_tiny_choice"]
+    with pytest.raises(UserError, match="exactly one of"):
+        rl.forgetting(lm, {}, data=None)

@@ -1,5 +1,7 @@
 """lm-evaluation-harness on the in-memory model: ``rl.harness(lm, tasks=["mmlu"])`` under any intervention.
 
+(The module is ``lmeval``, not ``harness``: a submodule named like the function would shadow ``rl.harness``.)
+
 :class:`HarnessLM` is an ``lm_eval.api.model.TemplateLM`` over a :class:`~routerlens_interp.model.MoEModel`: it
 calls the model's ordinary forward, so the masks (``rl.mask_experts``) and adapters (``adapter.applied(lm)``)
 in force when the harness runs apply to every request. Log-likelihoods are computed by
