@@ -57,9 +57,12 @@ def test_counterfact_paraphrase_question_and_hub(hub):
     ex = load_benchmark(FIX / "counterfact.json", question="paraphrase")[0]
     assert ex.question.endswith("Danielle Darrieux, a native") and ex.answers == ["English"]
     fake = hub(_rows("counterfact.json"))
-    data = rl.load_dataset("counterfact", split="validation", limit=2)
-    assert fake.calls == [(("azhx/counterfact",), {"split": "test"})] and len(data) == 2
-    assert data[1].memory_answer == "Christianity"
+    fake.rows = fake.rows * 10  # 30 rows: validation is the last 10 % of the hub's train
+    val = rl.load_dataset("counterfact", split="validation")
+    train = rl.load_dataset("counterfact", split="train")
+    test = rl.load_dataset("counterfact", split="test", limit=2)
+    assert [c[1]["split"] for c in fake.calls] == ["train", "train", "test"]
+    assert (len(val), len(train), len(test)) == (3, 27, 2) and test[1].memory_answer == "Christianity"
 
 
 def test_memotrap_csv_and_hub(hub):

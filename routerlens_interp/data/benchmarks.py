@@ -91,13 +91,16 @@ class _Source:
     path: str
     config: str | None = None
     revision: str | None = None
-    splits: tuple = ()  # (our name, hub name) pairs
+    splits: tuple = ()  # (our name, hub name) or (our name, (hub name, (start, end))) for a positional cut
     single_split: str | None = None
 
 
 #: Hub sources of the four benchmarks (see the module docstring for schemas).
 BENCHMARKS = {
-    "counterfact": _Source("azhx/counterfact", splits=(("validation", "test"), ("dev", "test"))),
+    # published as train / test: our validation is the last 10 % of train (disjoint from test and from our train)
+    "counterfact": _Source("azhx/counterfact", splits=(("train", ("train", (0.0, 0.9))),
+                                                       ("validation", ("train", (0.9, 1.0))),
+                                                       ("dev", ("train", (0.9, 1.0))))),
     "memotrap": _Source("pminervini/inverse-scaling", config="memo-trap", single_split="data"),
     "gigaword": _Source("Harvard/gigaword", revision="refs/convert/parquet", splits=(("dev", "validation"),)),
     "mmlu": _Source("cais/mmlu", config="all", splits=(("train", "auxiliary_train"),)),
@@ -274,6 +277,8 @@ def _hub_rows(name: str, src: _Source, split: str, config: str | None) -> list[d
         hub_split = src.single_split
     else:
         hub_split = dict(src.splits).get(split, split)
+        if isinstance(hub_split, tuple):
+            hub_split, cut = hub_split
     args = [src.path] + ([config or src.config] if (config or src.config) else [])
     kwargs = {"split": hub_split}
     if src.revision:
@@ -308,8 +313,10 @@ def load_benchmark(name_or_path, split: str = "test", format: str | None = None,
     ``name_or_path``: ``counterfact``, ``memotrap`` (``memo-trap``), ``gigaword``, ``mmlu`` or
     ``mmlu:<subject>`` (hub; the network), or a local ``.json`` / ``.jsonl`` / ``.csv`` file whose records have
     one of the four schemas (detected from the fields, or ``format=`` one of :data:`BENCHMARK_FORMATS`).
-    ``split`` maps as in :data:`BENCHMARKS` (CounterFact has train/test; MemoTrap's one split is cut
-    80/10/10 by position for train/validation/test, ``"data"``/``"all"`` gives all 936); local files ignore it.
+    ``split`` maps as in :data:`BENCHMARKS` (CounterFact's train/test: validation = the last 10 % of its train,
+    train = the first 90 %; MemoTrap's one split is cut 80/10/10 by position for train/validation/test,
+    ``"data"``/``"all"`` gives all 936; Gigaword and MMLU have their own validation, MMLU's ``train`` is
+    ``auxiliary_train``); local files ignore it. Every cut is disjoint from the others.
     ``limit``, ``seed``, ``max_tokens``/``lm`` as in :func:`~routerlens_interp.data.load_dataset` (the length
     filter applies to the QA-shaped sets; multiple-choice prompts are cut from the left when too long, as
     lm-eval does). ``kw``: ``question="paraphrase"`` for CounterFact.
