@@ -80,3 +80,23 @@ def test_evaluate_with_judge_adds_acc_llm(toy, monkeypatch):
     s = rl.evaluate(toy, DATA, judge=stub)
     assert s["metric"] == "em/f1/acc_llm" and s["em"] == pytest.approx(100 / 3)
     assert s["acc_llm"] == pytest.approx(200 / 3) and s["predictions"] == PREDS and "verdicts" in s
+
+
+def test_any_local_causal_lm_directory_is_a_judge(tmp_path):
+    """A dense model (rl.load would refuse it: not MoE) saved with save_pretrained judges through transformers."""
+    import sys
+    from pathlib import Path
+
+    import transformers as tf
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tiny
+
+    torch.manual_seed(0)
+    tf.GPT2LMHeadModel(tf.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=300, n_positions=256)) \
+        .save_pretrained(tmp_path)
+    tiny.tokenizer().save_pretrained(tmp_path)
+    s = rl.judge_accuracy(PREDS, DATA, str(tmp_path))
+    assert s["judge"] == str(tmp_path) and s["judge_mode"] == "likelihood" and len(s["judged"]) == 3
+    with pytest.raises(UserError, match="could not load the judge model"):
+        rl.judge_accuracy(PREDS, DATA, str(tmp_path / "missing"))
