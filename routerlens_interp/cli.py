@@ -36,8 +36,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True, t
     if data:
         p.add_argument("--data", required=True,
                        help="a hub name (squad, nq-swap, confiqa = ConFiQA-MC, the paper's; confiqa-qa, confiqa-mr, "
-                            "confiqa-mc; nq, hotpotqa), a bundled toy name (toy-open, toy-conflict, toy-memory), a "
-                            "directory of split files (train.json, dev.json, test.json), or one JSON/JSONL file")
+                            "confiqa-mc; nq, hotpotqa; counterfact, memotrap, gigaword, mmlu[:SUBJECT]), a bundled toy name (toy-open, toy-conflict, toy-memory), a "
+                            "directory of split files (train.json, dev.json, test.json), or one JSON/JSONL (or MemoTrap CSV) file")
         p.add_argument("--split", default=None,
                        help="train, dev (alias validation), test, or all (default: test for evaluation, train for "
                             "training). Dev never overlaps test: squad/nq/hotpotqa test = the hub's validation, dev "
@@ -110,11 +110,15 @@ def cmd_evaluate(args) -> None:
     import routerlens_interp as rl
 
     claim_out(args, args.predictions, is_dir=False, flag="--predictions", example="predictions.jsonl")
+    from .cli_eval import emit_evaluation, evaluate_kwargs  # accuracy / BLEU-METEOR-ROUGE-L / AccLLM by data set
+
     lm, data = _model_and_data(args, "test")
     with ExitStack() as stack:
         _interventions(stack, lm, args)
         s = rl.evaluate(lm, data, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, progress=True,
-                        stop=args.stop)
+                        stop=args.stop, **evaluate_kwargs(args))
+    if emit_evaluation(args, data, s):
+        return
     if args.predictions:
         Path(args.predictions).write_text("\n".join(json.dumps({"question": e.question, "gold": e.answers,
                                                                   "prediction": p}) for e, p in
@@ -263,7 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(d, data=False, model=False, threads_default=1)
     d.set_defaults(func=cmd_demo)
 
-    e = sub.add_parser("evaluate", help="EM/F1/memory-rate by greedy decoding")
+    from .cli_eval import add_evaluate_args
+
+    e = sub.add_parser("evaluate", help="the data set's metric: EM/F1/memory-rate (QA), accuracy (MemoTrap, MMLU), "
+                                        "BLEU/METEOR/ROUGE-L (Gigaword); --judge adds AccLLM")
     _common(e)
     e.add_argument("--adapter", help="adapter directory to apply")
     e.add_argument("--trust-base", action="store_true", help=TRUST_BASE_HELP)
@@ -276,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=positive_int, default=16)
     e.add_argument("--predictions", help="write predictions as JSONL here (a new file unless --overwrite)")
     add_overwrite(e)
+    add_evaluate_args(e)
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("count", help="count expert selections per MoE layer")

@@ -295,6 +295,11 @@ def load_dataset(name_or_path: str | os.PathLike, split: str | None = None, limi
         raise ValueError("max_tokens needs lm= (the model handle whose tokenizer counts the tokens)")
     if limit is not None and (isinstance(limit, bool) or int(limit) < 0):
         raise ValueError(f"limit must be a non-negative integer; got {limit!r}")
+    from .benchmarks import load_benchmark  # CounterFact, MemoTrap, Gigaword, MMLU: data/benchmarks.py
+
+    bench = load_benchmark(name_or_path, split, format, limit=limit, seed=seed, max_tokens=max_tokens, lm=lm)
+    if bench is not None:
+        return bench
     raw = os.fspath(name_or_path)
     key = raw.strip().lower().replace("_", "-")
     path = Path(raw).expanduser()
