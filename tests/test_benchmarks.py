@@ -137,10 +137,10 @@ def test_offline_hub_is_a_clear_error(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(HubDataUnavailable, match="cais/mmlu.*local file"):
+    with pytest.raises(HubDataUnavailable, match="cais/mmlu.*offline: ConnectionError.*local file"):
         rl.load_dataset("mmlu")
     with pytest.raises(UserError, match="published as one split"):
-        rl.load_dataset("memotrap", split="dev")
+        rl.load_dataset("memotrap", split="bogus")
     with pytest.raises(UserError, match="no configs"):
         rl.load_dataset("gigaword:xyz")
 

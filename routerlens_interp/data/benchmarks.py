@@ -261,19 +261,23 @@ def _read_local(path: Path) -> list:
     return read_records(path)
 
 
+#: A benchmark published as one split (MemoTrap) is cut by position: [start, end) fractions per part, disjoint.
+_POSITIONAL = {"train": (0.0, 0.8), "dev": (0.8, 0.9), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+
+
 def _hub_rows(name: str, src: _Source, split: str, config: str | None) -> list[dict]:
     import datasets  # attribute access at call time, so tests can monkeypatch datasets.load_dataset
 
-    from .loaders import SINGLE_SPLIT_FRACTIONS, HubDataUnavailable
+    from .loaders import HubDataUnavailable
 
     cut = None
     if src.single_split is not None:
-        if split in SINGLE_SPLIT_FRACTIONS:
-            cut = SINGLE_SPLIT_FRACTIONS[split]
+        if split in _POSITIONAL:
+            cut = _POSITIONAL[split]
         elif split not in (src.single_split, "all"):
             raise UserError(f"unknown split {split!r} for {name}: it is published as one split "
-                            f"({src.single_split!r}); choose {list(SINGLE_SPLIT_FRACTIONS)} (positional cuts) or "
-                            f"{src.single_split!r} / 'all'")
+                            f"({src.single_split!r}); choose train, dev (alias validation), test (positional cuts "
+                            f"80/10/10) or {src.single_split!r} / 'all'")
         hub_split = src.single_split
     else:
         hub_split = dict(src.splits).get(split, split)
@@ -285,11 +289,14 @@ def _hub_rows(name: str, src: _Source, split: str, config: str | None) -> list[d
         kwargs["revision"] = src.revision
     try:
         ds = datasets.load_dataset(*args, **kwargs)
-    except Exception as err:  # offline, unknown config, gated …
+    except Exception as err:  # offline, unknown config, gated … told apart as for the QA sets
+        from .hub import describe_hub_failure
+
+        kind, fix = describe_hub_failure(err)
         cause = next((l.strip() for l in str(err).splitlines() if l.strip()), "")
         raise HubDataUnavailable(f"could not load {name!r} from the hub ({src.path}"
-                                 f"{', ' + args[1] if len(args) > 1 else ''}, split {hub_split!r}) (offline?): "
-                                 f"{type(err).__name__}: {cause}; pass a local file path instead") from err
+                                 f"{', ' + args[1] if len(args) > 1 else ''}, split {hub_split!r}): {kind}: "
+                                 f"{type(err).__name__}: {cause}; {fix}") from err
     rows = [dict(r) for r in ds]
     if cut is not None:
         rows = rows[int(round(cut[0] * len(rows))):int(round(cut[1] * len(rows)))]
