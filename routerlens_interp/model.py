@@ -46,7 +46,8 @@ class MoEModel:
     def __repr__(self) -> str:
         s = self.spec
         return (f"MoEModel({self.name!r}, family={s.family}, layers={s.n_layers}, moe_layers={len(s.moe_layers)}, "
-                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing})")
+                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing}, experts_kind={s.experts_kind}, "
+                f"implementation={s.implementation!r})")
 
     @property
     def device(self) -> torch.device:
