@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 
 from .configuration_minicpm_moe_test import MiniCPMMoETestConfig
 
@@ -88,9 +89,7 @@ class MiniCPMForCausalLM(LlamaForCausalLM):
                 use_cache=None, logits_to_keep=0, **kwargs):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
-        h = out.last_hidden_state
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]
+        h = slice_logits_to_keep(out.last_hidden_state, logits_to_keep)
         logits = self.lm_head(h / (self.config.hidden_size / self.config.dim_model_base))
         loss = None
         if labels is not None:

@@ -1,0 +1,283 @@
+"""Remote-code MoE layouts (experts as an ``nn.ModuleList`` of per-expert MLPs), loaded with
+``trust_remote_code=True`` from a local directory, checked stage by stage like the native families: against
+hand-written MoE blocks computed from the gate's and the experts' own weights, never through the hook layer."""
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import remote_models  # noqa: E402
+import tiny  # noqa: E402
+
+import routerlens_interp as rl  # noqa: E402
+from routerlens_interp.hooks import check_lens, check_reroute  # noqa: E402
+
+TEXTS = ["Alice Smith was born in 1950 in Paris.", "Where was Bob Jones born? He lives in Rome and paints."]
+EX = rl.QAExample(context="Alice Smith was born in Paris.", question="Where was Alice born?", answers=["Paris"])
+
+
+def _quiet_load(path, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return rl.load(path, **kw)
+
+
+@pytest.fixture(scope="module")
+def minicpm(tmp_path_factory):
+    return _quiet_load(remote_models.save("minicpm_moe", tmp_path_factory.mktemp("rc") / "minicpm"),
+                       trust_remote_code=True)
+
+
+def _ids(lm, text=TEXTS[0]):
+    return torch.tensor([lm.tokenizer(text)["input_ids"]])
+
+
+class BlockIO:
+    """Plain PyTorch hooks (not the hook layer): each MoE block's input ``[T, H]`` and output ``[T, H]``."""
+
+    def __init__(self, lm):
+        self.lm, self.inp, self.out, self.handles = lm, {}, {}, []
+
+    def __enter__(self):
+        for l in self.lm.spec.moe_layers:
+            blk = self.lm.spec.moe_block(self.lm.hf, l)
+            self.handles.append(blk.register_forward_hook(self._hook(l)))
+        return self
+
+    def _hook(self, l):
+        def hook(module, args, out):  # returns None: a forward hook's return value would replace the output
+            self.inp.setdefault(l, args[0].reshape(-1, args[0].shape[-1]).detach().clone())
+            self.out.setdefault(l, out.reshape(-1, out.shape[-1]).detach().clone())
+        return hook
+
+    def __exit__(self, *exc):
+        for h in self.handles:
+            h.remove()
+
+
+def minicpm_routing(block, x, masked=None):
+    """MiniCPM-MoE's rule written out: softmax over ``x Wᵀ`` (masked experts −inf) → top-k → renormalised."""
+    logits = x.float() @ block.gate.weight.float().T
+    if masked is not None:
+        logits = logits.masked_fill(masked, float("-inf"))
+    v, i = logits.softmax(-1).topk(block.num_experts_per_tok, dim=-1)
+    return i, v / v.sum(-1, keepdim=True)
+
+
+def moe_block(block, x, masked=None, dropped=()):
+    """A hand-written MoE block: ``Σ_j w[t, j] · expert_{i[t, j]}(x_t)``, experts in ``dropped`` contributing 0."""
+    idx, w = minicpm_routing(block, x, masked)
+    y = torch.zeros_like(x)
+    for t in range(x.shape[0]):
+        for j in range(idx.shape[1]):
+            e = int(idx[t, j])
+            if e not in dropped:
+                ex = block.experts[e]
+                y[t] += w[t, j] * ex.w2(F.silu(ex.w1(x[t])) * ex.w3(x[t]))
+    return y
+
+
+# ----------------------------------------------------------------------------------------------------- spec
+def test_spec_and_implementation(minicpm):
+    s = minicpm.spec
+    assert (s.family, s.n_experts, s.top_k, s.moe_layers) == ("minicpm", 8, 2, [0, 1, 2])
+    assert s.experts_kind == "module_list" and s.router_attr == "gate" and s.experts_attr == "experts"
+    assert s.implementation.startswith("remote code: transformers_modules.") and "modeling_minicpm_moe_test" in s.implementation
+    assert "remote code" in repr(minicpm) and "module_list" in repr(minicpm)
+    assert s.logit_scale == ("divide", 4.0)  # hidden_size / dim_model_base
+
+
+def test_native_families_say_native(tmp_path):
+    """A trust_remote_code=True load of a checkpoint without remote code picks transformers' own class."""
+    lm = _quiet_load(tiny.save("deepseek_v2", tmp_path / "ds2"), trust_remote_code=True)
+    assert lm.spec.implementation == "transformers native" and lm.spec.experts_kind == "fused"
+    assert "transformers native" in repr(lm)
+
+
+# --------------------------------------------------------------------------------------------------- stages
+def test_counts_equal_the_gates_topk(minicpm):
+    counts = rl.count_experts(minicpm, TEXTS, batch_size=1, with_answer=False)
+    expected = torch.zeros(3, 8, dtype=torch.long)
+    for t in TEXTS:
+        with BlockIO(minicpm) as io, torch.no_grad():
+            minicpm.hf(_ids(minicpm, t))
+        for r, l in enumerate(minicpm.spec.moe_layers):
+            idx, _ = minicpm_routing(minicpm.spec.moe_block(minicpm.hf, l), io.inp[l])
+            expected[r] += torch.bincount(idx.reshape(-1), minlength=8)
+    assert torch.equal(counts.counts, expected)
+
+
+def test_trace_routing_is_the_gates_own(minicpm):
+    tr = minicpm.trace([EX], lens=True)
+    enc = minicpm.encode(EX)
+    with BlockIO(minicpm) as io, torch.no_grad():
+        minicpm.hf(enc.input_ids[None])
+    for l in minicpm.spec.moe_layers:
+        idx, w = minicpm_routing(minicpm.spec.moe_block(minicpm.hf, l), io.inp[l])
+        got_i, got_w = tr.routing[l].indices[0], tr.routing[l].weights[0]
+        assert torch.equal(got_i, idx[: got_i.shape[0]])
+        torch.testing.assert_close(got_w.float(), w[: got_w.shape[0]], rtol=1e-6, atol=1e-7)
+
+
+def test_taps_leave_the_model_bit_identical(minicpm):
+    ids = _ids(minicpm)
+    with torch.no_grad():
+        ref = minicpm.hf(ids).logits
+    seen = []
+    with minicpm.hooks.read("blocks.1.router.hook_logits", seen.append), \
+            minicpm.hooks.edit("blocks.1.experts.hook_route", lambda i, w: w * torch.ones_like(w)), \
+            minicpm.hooks.edit("blocks.2.experts.hook_route", lambda i, w: w * torch.ones_like(w)), torch.no_grad():
+        got = minicpm.hf(ids).logits
+    assert seen and torch.equal(got, ref)
+    assert check_reroute(minicpm) == {}
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval-sorted-dispatch", "train-loop"])
+def test_reroute_equals_hand_written_block(minicpm, train_mode):
+    ids = _ids(minicpm, TEXTS[1])
+    mask = {0: [1, 6], 2: [0, 3, 5]}
+    with torch.no_grad():
+        before = minicpm.hf(ids).logits
+    minicpm.hf.train(train_mode)
+    try:
+        with rl.mask_experts(minicpm, mask) as clean, BlockIO(minicpm) as io, torch.no_grad():
+            seen = {l: [] for l in mask}
+            with minicpm.hooks.read("blocks.0.experts.hook_route", lambda i, w: seen[0].append(i)), \
+                    minicpm.hooks.read("blocks.2.experts.hook_route", lambda i, w: seen[2].append(i)):
+                minicpm.hf(ids)
+    finally:
+        minicpm.hf.eval()
+    assert clean == mask
+    for l, ex in mask.items():
+        bad = torch.zeros(8, dtype=torch.bool)
+        bad[ex] = True
+        idx = seen[l][0]
+        assert not bad[idx].any() and all(len(set(r.tolist())) == 2 for r in idx)
+        blk = minicpm.spec.moe_block(minicpm.hf, l)
+        want_i, _ = minicpm_routing(blk, io.inp[l], bad)
+        assert torch.equal(idx.sort(-1).values, want_i.sort(-1).values)
+        torch.testing.assert_close(io.out[l], moe_block(blk, io.inp[l], bad), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(minicpm.hf(ids).logits, before)  # undone on exit
+
+
+@pytest.mark.parametrize("train_mode", [False, True], ids=["eval-sorted-dispatch", "train-loop"])
+def test_zero_equals_dropped_expert(minicpm, train_mode):
+    ids = _ids(minicpm, TEXTS[1])
+    mask = {1: [0, 2, 7]}
+    minicpm.hf.train(train_mode)
+    try:
+        with torch.no_grad():
+            plain = minicpm.hf(ids).logits
+        with rl.mask_experts(minicpm, mask, mode="zero"), BlockIO(minicpm) as io, torch.no_grad():
+            got = minicpm.hf(ids).logits
+        blk = minicpm.spec.moe_block(minicpm.hf, 1)
+        torch.testing.assert_close(io.out[1], moe_block(blk, io.inp[1], dropped=mask[1]), rtol=1e-5, atol=1e-6)
+        # and the whole model against zeroed down projections of the masked experts
+        saved = [(blk.experts[e].w2.weight, blk.experts[e].w2.weight.detach().clone()) for e in mask[1]]
+        with torch.no_grad():
+            for p, _ in saved:
+                p.zero_()
+            want = minicpm.hf(ids).logits
+            for p, d in saved:
+                p.copy_(d)
+    finally:
+        minicpm.hf.eval()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(got, plain)
+
+
+def test_lens_and_knockout(minicpm):
+    assert check_lens(minicpm) is None  # MiniCPM's lm_head(h / (H / dim_model_base)) reproduced
+    ids = _ids(minicpm)
+    tr = minicpm.trace(TEXTS[0], routing=False, attention=False, lens=True, lens_targets=[5], query=[ids.shape[1] - 1])
+    with torch.no_grad():
+        p = minicpm.hf(ids).logits[0, -1].float().softmax(-1)[5]
+    torch.testing.assert_close(tr.lens[0, -1], p, rtol=1e-4, atol=1e-6)
+    enc = minicpm.encode(EX)
+    keys = enc.span("answer_in_context").tolist()
+    pats = []
+    with minicpm.hooks.read("blocks.0.attn.hook_pattern", lambda p: pats.append(p[0, :, enc.last_prompt])):
+        with rl.knock_out_attention(minicpm, [0], enc.last_prompt, keys, len(enc.input_ids)), torch.no_grad():
+            minicpm.hf(enc.input_ids[None])
+    assert float(pats[0][:, keys].abs().max()) == 0.0
+
+
+def test_steering_boost_picks_the_expert(minicpm):
+    ids = _ids(minicpm)
+    seen = []
+    with rl.boost_experts(minicpm, {1: [4]}, beta=1e4), \
+            minicpm.hooks.read("blocks.1.experts.hook_route", lambda i, w: seen.append((i, w))), torch.no_grad():
+        minicpm.hf(ids)
+    idx, w = seen[0]
+    assert bool((idx == 4).any(-1).all())  # every token gets expert 4
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[0]))  # the family's own renormalised weights
+
+
+def test_attribution_is_the_gradient_of_each_experts_output_scale(minicpm):
+    data = [EX, rl.QAExample(context="Bob Jones lives in Rome.", question="Where does Bob live?", answers=["Rome"])]
+    sc = rl.attribute_experts(minicpm, data, metric="answer", batch_size=len(data))
+    assert sc.scores.abs().sum() > 0
+    # independent: d metric / d alpha_e with every expert e's output scaled by alpha_e (plain hooks, train-mode
+    # blocks, whose dispatch is differentiable), all layers at once
+    from routerlens_interp.ces.objective import build_items, forward_metric
+
+    items = build_items(minicpm, data, "answer", "first")
+    s = minicpm.spec
+    alphas = {(l, e): torch.ones((), requires_grad=True) for l in s.moe_layers for e in range(8)}
+    handles = [s.experts(minicpm.hf, l)[e].register_forward_hook(lambda m, a, o, k=(l, e): o * alphas[k])
+               for l, e in alphas]
+    blocks = [s.moe_block(minicpm.hf, l) for l in s.moe_layers]
+    try:
+        for b in blocks:
+            b.train()
+        m = forward_metric(minicpm, [it for ex in items for it in ex]) / len(items)
+        grads = torch.autograd.grad(m, list(alphas.values()), allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+        for b in blocks:
+            b.eval()
+    want = torch.tensor([[0.0 if g is None else float(g) for g in grads[r * 8:(r + 1) * 8]] for r in range(3)],
+                        dtype=torch.float64)
+    torch.testing.assert_close(sc.scores.double(), want, rtol=1e-4, atol=1e-7)
+
+
+def test_ceft_trains_only_the_chosen_experts(minicpm, tmp_path):
+    from routerlens_interp.train.params import expert_trainable
+
+    s = minicpm.spec
+    table = {1: [2, 5]}
+    before = {n: p.detach().clone() for n, p in minicpm.hf.named_parameters()}
+    with expert_trainable(minicpm, table) as t:
+        trainable = {n for n, p in minicpm.hf.named_parameters() if p.requires_grad}
+        assert trainable == set(t.params) == {f"model.layers.1.mlp.experts.{e}.{w}.weight" for e in (2, 5)
+                                              for w in ("w1", "w2", "w3")}
+        assert all(ix is None for ix in t.index.values())
+    data = [EX] * 4
+    ad = rl.ceft(minicpm, data, experts=table, max_steps=2, batch_size=2, lr=1e-2, progress=False,
+                 out_dir=tmp_path / "ceft")
+    after = dict(minicpm.hf.named_parameters())
+    assert all(torch.equal(after[n], v) for n, v in before.items())  # base restored
+    changed = {n for n, v in ad.tensors.items() if not torch.equal(v, before[n])}
+    assert changed and changed <= set(ad.tensors) == trainable
+    # adapter round trip: save → load → apply equals the base with the trained tensors written in by hand
+    loaded = rl.load_adapter(tmp_path / "ceft", minicpm)
+    ids = _ids(minicpm)
+    with loaded.applied(minicpm), torch.no_grad():
+        got = minicpm.hf(ids).logits
+        assert all(torch.equal(after[n], loaded.tensors[n]) for n in loaded.tensors)
+    with torch.no_grad():
+        for n, v in ad.tensors.items():
+            after[n].copy_(v)
+        want = minicpm.hf(ids).logits
+        for n, v in before.items():
+            after[n].copy_(v)
+    assert torch.equal(got, want) and not torch.equal(got, minicpm.hf(ids).logits.detach())
