@@ -29,10 +29,18 @@ def _quiet_load(path, **kw):
         return rl.load(path, **kw)
 
 
-@pytest.fixture(scope="module")
-def minicpm(tmp_path_factory):
-    return _quiet_load(remote_models.save("minicpm_moe", tmp_path_factory.mktemp("rc") / "minicpm"),
-                       trust_remote_code=True)
+LAYOUTS = ["minicpm_moe", "deepseek_v2_remote"]
+_CACHE: dict[str, object] = {}
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def minicpm(request, tmp_path_factory):
+    """Each remote-code layout in turn (named for the first: MiniCPM-MoE's w1/w2/w3 + linear gate; then
+    DeepSeek-V2's remote MoEGate with the top-k inside the gate and shared experts)."""
+    if request.param not in _CACHE:
+        path = remote_models.save(request.param, tmp_path_factory.mktemp("rc") / request.param)
+        _CACHE[request.param] = _quiet_load(path, trust_remote_code=True)
+    return _CACHE[request.param]
 
 
 def _ids(lm, text=TEXTS[0]):
@@ -62,36 +70,82 @@ class BlockIO:
             h.remove()
 
 
-def minicpm_routing(block, x, masked=None):
-    """MiniCPM-MoE's rule written out: softmax over ``x Wᵀ`` (masked experts −inf) → top-k → renormalised."""
+def _scores(block, x, masked=None, bias=None):
+    """Softmax over the gate's logits ``x Wᵀ`` (+ ``bias [E]``; masked experts −inf) ``[T, E]``; the gate is a
+    Linear (MiniCPM) or holds ``weight [E, H]`` itself (DeepSeek's MoEGate)."""
     logits = x.float() @ block.gate.weight.float().T
+    if bias is not None:
+        logits = logits + bias
     if masked is not None:
         logits = logits.masked_fill(masked, float("-inf"))
-    v, i = logits.softmax(-1).topk(block.num_experts_per_tok, dim=-1)
-    return i, v / v.sum(-1, keepdim=True)
+    return logits.softmax(-1)
+
+
+def minicpm_routing(block, x, masked=None):
+    """Each layout's rule written out → ``(indices [T, k], weights [T, k])``.
+
+    MiniCPM-MoE: softmax → top-k → renormalised. DeepSeek-V2 (remote): softmax → group-limited greedy top-k
+    (groups scored by their best expert, ``topk_group`` kept) → × ``routed_scaling_factor`` (no renorm here).
+    """
+    p = _scores(block, x, masked)
+    if hasattr(block, "num_experts_per_tok") and not hasattr(block.gate, "topk_method"):
+        v, i = p.topk(block.num_experts_per_tok, dim=-1)
+        return i, v / v.sum(-1, keepdim=True)
+    g = block.gate
+    T, E = p.shape
+    choice = p
+    if g.topk_method == "group_limited_greedy":
+        groups = p.view(T, g.n_group, -1).max(-1).values.topk(g.topk_group, dim=-1).indices
+        keep = torch.zeros(T, g.n_group, dtype=torch.bool).scatter_(1, groups, True)
+        choice = p.masked_fill(~keep.repeat_interleave(E // g.n_group, dim=1), 0.0)
+    if masked is not None:
+        choice = choice.masked_fill(masked, float("-inf"))
+    i = choice.topk(g.top_k, dim=-1).indices
+    return i, p.gather(1, i) * g.routed_scaling_factor
+
+
+def _mlp(ex, x):
+    """One expert's SwiGLU MLP from its own linears (w1/w3/w2 or gate/up/down_proj)."""
+    if hasattr(ex, "w1"):
+        return ex.w2(F.silu(ex.w1(x)) * ex.w3(x))
+    return ex.down_proj(F.silu(ex.gate_proj(x)) * ex.up_proj(x))
+
+
+def _down(ex):
+    return ex.w2 if hasattr(ex, "w2") else ex.down_proj
 
 
 def moe_block(block, x, masked=None, dropped=()):
-    """A hand-written MoE block: ``Σ_j w[t, j] · expert_{i[t, j]}(x_t)``, experts in ``dropped`` contributing 0."""
+    """A hand-written MoE block: ``Σ_j w[t, j] · expert_{i[t, j]}(x_t)`` (+ shared experts), experts in
+    ``dropped`` contributing 0."""
     idx, w = minicpm_routing(block, x, masked)
     y = torch.zeros_like(x)
     for t in range(x.shape[0]):
         for j in range(idx.shape[1]):
             e = int(idx[t, j])
             if e not in dropped:
-                ex = block.experts[e]
-                y[t] += w[t, j] * ex.w2(F.silu(ex.w1(x[t])) * ex.w3(x[t]))
+                y[t] += w[t, j] * _mlp(block.experts[e], x[t])
+    if getattr(block, "shared_experts", None) is not None:
+        y = y + _mlp(block.shared_experts, x)
     return y
 
 
 # ----------------------------------------------------------------------------------------------------- spec
 def test_spec_and_implementation(minicpm):
     s = minicpm.spec
-    assert (s.family, s.n_experts, s.top_k, s.moe_layers) == ("minicpm", 8, 2, [0, 1, 2])
+    if s.family == "minicpm":
+        assert (s.n_experts, s.top_k, s.moe_layers, s.shared_experts_attr) == (8, 2, [0, 1, 2], None)
+        assert s.logit_scale == ("divide", 4.0)  # hidden_size / dim_model_base
+        assert s.routing_scope_attr == "mlp"  # a Linear gate: the block decides the top-k
+        module = "modeling_minicpm_moe_test"
+    else:
+        assert s.family == "deepseek_v2"
+        assert (s.n_experts, s.top_k, s.moe_layers, s.shared_experts_attr) == (16, 4, [1, 2], "shared_experts")
+        assert s.routing_scope_attr == "mlp.gate" and s.routing_params["routed_scaling_factor"] == 1.5
+        module = "modeling_deepseek_test"
     assert s.experts_kind == "module_list" and s.router_attr == "gate" and s.experts_attr == "experts"
-    assert s.implementation.startswith("remote code: transformers_modules.") and "modeling_minicpm_moe_test" in s.implementation
+    assert s.implementation.startswith("remote code: transformers_modules.") and module in s.implementation
     assert "remote code" in repr(minicpm) and "module_list" in repr(minicpm)
-    assert s.logit_scale == ("divide", 4.0)  # hidden_size / dim_model_base
 
 
 def test_native_families_say_native(tmp_path):
@@ -104,13 +158,14 @@ def test_native_families_say_native(tmp_path):
 # --------------------------------------------------------------------------------------------------- stages
 def test_counts_equal_the_gates_topk(minicpm):
     counts = rl.count_experts(minicpm, TEXTS, batch_size=1, with_answer=False)
-    expected = torch.zeros(3, 8, dtype=torch.long)
+    s = minicpm.spec
+    expected = torch.zeros(len(s.moe_layers), s.n_experts, dtype=torch.long)
     for t in TEXTS:
         with BlockIO(minicpm) as io, torch.no_grad():
             minicpm.hf(_ids(minicpm, t))
         for r, l in enumerate(minicpm.spec.moe_layers):
             idx, _ = minicpm_routing(minicpm.spec.moe_block(minicpm.hf, l), io.inp[l])
-            expected[r] += torch.bincount(idx.reshape(-1), minlength=8)
+            expected[r] += torch.bincount(idx.reshape(-1), minlength=s.n_experts)
     assert torch.equal(counts.counts, expected)
 
 
@@ -122,8 +177,10 @@ def test_trace_routing_is_the_gates_own(minicpm):
     for l in minicpm.spec.moe_layers:
         idx, w = minicpm_routing(minicpm.spec.moe_block(minicpm.hf, l), io.inp[l])
         got_i, got_w = tr.routing[l].indices[0], tr.routing[l].weights[0]
-        assert torch.equal(got_i, idx[: got_i.shape[0]])
-        torch.testing.assert_close(got_w.float(), w[: got_w.shape[0]], rtol=1e-6, atol=1e-7)
+        n = got_i.shape[0]
+        o1, o2 = got_i.sort(-1), idx[:n].sort(-1)  # DeepSeek's top-k is unsorted
+        assert torch.equal(o1.values, o2.values)
+        torch.testing.assert_close(got_w.float().gather(1, o1.indices), w[:n].gather(1, o2.indices), rtol=1e-6, atol=1e-7)
 
 
 def test_taps_leave_the_model_bit_identical(minicpm):
@@ -142,24 +199,25 @@ def test_taps_leave_the_model_bit_identical(minicpm):
 @pytest.mark.parametrize("train_mode", [False, True], ids=["eval-sorted-dispatch", "train-loop"])
 def test_reroute_equals_hand_written_block(minicpm, train_mode):
     ids = _ids(minicpm, TEXTS[1])
-    mask = {0: [1, 6], 2: [0, 3, 5]}
+    first, last = minicpm.spec.moe_layers[0], minicpm.spec.moe_layers[-1]
+    mask = {first: [1, 6], last: [0, 3, 5]}
     with torch.no_grad():
         before = minicpm.hf(ids).logits
     minicpm.hf.train(train_mode)
     try:
         with rl.mask_experts(minicpm, mask) as clean, BlockIO(minicpm) as io, torch.no_grad():
             seen = {l: [] for l in mask}
-            with minicpm.hooks.read("blocks.0.experts.hook_route", lambda i, w: seen[0].append(i)), \
-                    minicpm.hooks.read("blocks.2.experts.hook_route", lambda i, w: seen[2].append(i)):
+            with minicpm.hooks.read(f"blocks.{first}.experts.hook_route", lambda i, w: seen[first].append(i)), \
+                    minicpm.hooks.read(f"blocks.{last}.experts.hook_route", lambda i, w: seen[last].append(i)):
                 minicpm.hf(ids)
     finally:
         minicpm.hf.eval()
     assert clean == mask
     for l, ex in mask.items():
-        bad = torch.zeros(8, dtype=torch.bool)
+        bad = torch.zeros(minicpm.spec.n_experts, dtype=torch.bool)
         bad[ex] = True
         idx = seen[l][0]
-        assert not bad[idx].any() and all(len(set(r.tolist())) == 2 for r in idx)
+        assert not bad[idx].any() and all(len(set(r.tolist())) == minicpm.spec.top_k for r in idx)
         blk = minicpm.spec.moe_block(minicpm.hf, l)
         want_i, _ = minicpm_routing(blk, io.inp[l], bad)
         assert torch.equal(idx.sort(-1).values, want_i.sort(-1).values)
@@ -171,7 +229,7 @@ def test_reroute_equals_hand_written_block(minicpm, train_mode):
 @pytest.mark.parametrize("train_mode", [False, True], ids=["eval-sorted-dispatch", "train-loop"])
 def test_zero_equals_dropped_expert(minicpm, train_mode):
     ids = _ids(minicpm, TEXTS[1])
-    mask = {1: [0, 2, 7]}
+    mask = {1: [0, 2, 7]}  # layer 1 is an MoE layer of both layouts
     minicpm.hf.train(train_mode)
     try:
         with torch.no_grad():
@@ -181,7 +239,7 @@ def test_zero_equals_dropped_expert(minicpm, train_mode):
         blk = minicpm.spec.moe_block(minicpm.hf, 1)
         torch.testing.assert_close(io.out[1], moe_block(blk, io.inp[1], dropped=mask[1]), rtol=1e-5, atol=1e-6)
         # and the whole model against zeroed down projections of the masked experts
-        saved = [(blk.experts[e].w2.weight, blk.experts[e].w2.weight.detach().clone()) for e in mask[1]]
+        saved = [(_down(blk.experts[e]).weight, _down(blk.experts[e]).weight.detach().clone()) for e in mask[1]]
         with torch.no_grad():
             for p, _ in saved:
                 p.zero_()
@@ -213,12 +271,19 @@ def test_lens_and_knockout(minicpm):
 def test_steering_boost_picks_the_expert(minicpm):
     ids = _ids(minicpm)
     seen = []
-    with rl.boost_experts(minicpm, {1: [4]}, beta=1e4), \
+    beta = 50.0  # above any logit gap of these routers, small enough that no softmax score underflows to a tie
+    with BlockIO(minicpm) as io, rl.boost_experts(minicpm, {1: [4]}, beta=beta), \
             minicpm.hooks.read("blocks.1.experts.hook_route", lambda i, w: seen.append((i, w))), torch.no_grad():
         minicpm.hf(ids)
     idx, w = seen[0]
     assert bool((idx == 4).any(-1).all())  # every token gets expert 4
-    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[0]))  # the family's own renormalised weights
+    # the weights are the family's own, computed from the boosted logits
+    blk = minicpm.spec.moe_block(minicpm.hf, 1)
+    bias = torch.zeros(minicpm.spec.n_experts)
+    bias[4] = beta
+    v = _scores(blk, io.inp[1], bias=bias).gather(1, idx.long())
+    want = v * blk.gate.routed_scaling_factor if hasattr(blk.gate, "routed_scaling_factor") else v / v.sum(-1, keepdim=True)
+    torch.testing.assert_close(w.float(), want, rtol=1e-5, atol=1e-6)
 
 
 def test_attribution_is_the_gradient_of_each_experts_output_scale(minicpm):
@@ -231,7 +296,8 @@ def test_attribution_is_the_gradient_of_each_experts_output_scale(minicpm):
 
     items = build_items(minicpm, data, "answer", "first")
     s = minicpm.spec
-    alphas = {(l, e): torch.ones((), requires_grad=True) for l in s.moe_layers for e in range(8)}
+    E = s.n_experts
+    alphas = {(l, e): torch.ones((), requires_grad=True) for l in s.moe_layers for e in range(E)}
     handles = [s.experts(minicpm.hf, l)[e].register_forward_hook(lambda m, a, o, k=(l, e): o * alphas[k])
                for l, e in alphas]
     blocks = [s.moe_block(minicpm.hf, l) for l in s.moe_layers]
@@ -245,8 +311,8 @@ def test_attribution_is_the_gradient_of_each_experts_output_scale(minicpm):
             h.remove()
         for b in blocks:
             b.eval()
-    want = torch.tensor([[0.0 if g is None else float(g) for g in grads[r * 8:(r + 1) * 8]] for r in range(3)],
-                        dtype=torch.float64)
+    want = torch.tensor([[0.0 if g is None else float(g) for g in grads[r * E:(r + 1) * E]]
+                         for r in range(len(s.moe_layers))], dtype=torch.float64)
     torch.testing.assert_close(sc.scores.double(), want, rtol=1e-4, atol=1e-7)
 
 
@@ -258,8 +324,9 @@ def test_ceft_trains_only_the_chosen_experts(minicpm, tmp_path):
     before = {n: p.detach().clone() for n, p in minicpm.hf.named_parameters()}
     with expert_trainable(minicpm, table) as t:
         trainable = {n for n, p in minicpm.hf.named_parameters() if p.requires_grad}
+        names = ("w1", "w2", "w3") if s.family == "minicpm" else ("gate_proj", "up_proj", "down_proj")
         assert trainable == set(t.params) == {f"model.layers.1.mlp.experts.{e}.{w}.weight" for e in (2, 5)
-                                              for w in ("w1", "w2", "w3")}
+                                              for w in names}
         assert all(ix is None for ix in t.index.values())
     data = [EX] * 4
     ad = rl.ceft(minicpm, data, experts=table, max_steps=2, batch_size=2, lr=1e-2, progress=False,
