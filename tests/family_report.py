@@ -29,13 +29,19 @@ def mark(status: str | None) -> tuple[str, str | None]:
 
 def render(report: dict) -> str:
     res, cases = report["results"], report["cases"]
-    full = [f for f in res if all(mark(res[f].get(k))[0].startswith("✓") or k == "tl" for k, _ in STAGES[:-1])
-            and "knockout" not in res[f]]
-    loaded = [f for f in res if not res[f]["load"].startswith("refused")]
-    lines = [f"{len(loaded)} of {len(res)} MoE families of transformers load and pass every stage they are not refused "
+    # rows "<family> (remote code)" (tests/test_remote_code.py) are layouts, not transformers families: not counted
+    native = {f: r for f, r in res.items() if not f.endswith("(remote code)")}
+    remote = sorted(set(res) - set(native))
+    full = [f for f in native if all(mark(native[f].get(k))[0].startswith("✓") or k == "tl" for k, _ in STAGES[:-1])
+            and "knockout" not in native[f]]
+    loaded = [f for f in native if not native[f]["load"].startswith("refused")]
+    extra = (f" Rows marked (remote code) are checkpoints whose own modeling code keeps the experts as an nn.ModuleList "
+             f"of per-expert MLPs, loaded with trust_remote_code=True ({', '.join(remote)}): the same stage checks, "
+             "in tests/test_remote_code.py.") if remote else ""
+    lines = [f"{len(loaded)} of {len(native)} MoE families of transformers load and pass every stage they are not refused "
              f"with a reason; {len(full)} pass every stage with no refusal at all; "
-             f"{len(res) - len(loaded)} are refused by name at load with the reason. "
-             "✓ passes, ✓* passes with the note below, ✗ refused with the reason below, · not run.", "",
+             f"{len(native) - len(loaded)} are refused by name at load with the reason. "
+             "✓ passes, ✓* passes with the note below, ✗ refused with the reason below, · not run." + extra, "",
              "| family | routing rule | " + " | ".join(h for _, h in STAGES) + " |",
              "|---|---|" + "---|" * len(STAGES)]
     notes = []
@@ -53,10 +59,10 @@ def render(report: dict) -> str:
         lines.append(f"| {fam}{mm} | {cases.get(fam, {}).get('routing', '')} | " + " | ".join(row) + " |")
         notes += [f"- **{fam}** — {w.split('. Supported:')[0]}" for w in why
                   if not w.startswith("TransformerLens: no adapter")]
-    no_tl = sorted(f for f in res if str(res[f].get("tl", "")).startswith("no adapter"))
+    no_tl = sorted(f for f in native if str(native[f].get("tl", "")).startswith("no adapter"))
     lines += ["", "Notes:", *notes, "",
               f"TransformerLens 4.3 has no working bridge for {len(no_tl)} families ({', '.join(no_tl)}); "
-              "the nnsight backend traces all of them."]
+              "the nnsight backend traces all of them" + (" (nor for the remote-code rows)." if remote else ".")]
     return "\n".join(lines)
 
 

@@ -1,8 +1,13 @@
 """Remote-code MoE layouts (experts as an ``nn.ModuleList`` of per-expert MLPs), loaded with
 ``trust_remote_code=True`` from a local directory, checked stage by stage like the native families: against
-hand-written MoE blocks computed from the gate's and the experts' own weights, never through the hook layer."""
+hand-written MoE blocks computed from the gate's and the experts' own weights, never through the hook layer.
+
+With ``ROUTERLENS_FAMILY_REPORT=path.json`` (``make families``, run after ``test_families.py``) the stage results
+are added to that report as rows ``<family> (remote code)``, so the README's architectures table shows them."""
 from __future__ import annotations
 
+import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +36,27 @@ def _quiet_load(path, **kw):
 
 LAYOUTS = ["minicpm_moe", "deepseek_v2_remote"]
 _CACHE: dict[str, object] = {}
+REPORT: dict[str, dict[str, str]] = {}
+ROUTING: dict[str, str] = {}
+
+
+def _record(lm, stage: str, status: str = "ok") -> None:
+    row = f"{lm.spec.family} (remote code)"
+    ROUTING[row] = lm.spec.routing
+    REPORT.setdefault(row, {"load": f"ok (experts kept as a ModuleList; {lm.spec.implementation.split(':')[0]})",
+                            "tl": "no adapter: TransformerLens bridges transformers' own classes only"})[stage] = status
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _write_report():
+    yield
+    path = os.environ.get("ROUTERLENS_FAMILY_REPORT")
+    if path and REPORT:  # merged into the family suite's report (written first, by test_families.py)
+        report = json.load(open(path)) if os.path.exists(path) else {"results": {}, "cases": {}}
+        report["results"].update(REPORT)
+        report["cases"].update({r: {"routing": ROUTING[r], "multimodal": False, "unsupported": None} for r in REPORT})
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
 
 
 @pytest.fixture(scope="module", params=LAYOUTS)
@@ -146,6 +172,7 @@ def test_spec_and_implementation(minicpm):
     assert s.experts_kind == "module_list" and s.router_attr == "gate" and s.experts_attr == "experts"
     assert s.implementation.startswith("remote code: transformers_modules.") and module in s.implementation
     assert "remote code" in repr(minicpm) and "module_list" in repr(minicpm)
+    _record(minicpm, "load", f"ok (experts kept as a ModuleList; {s.implementation.split(':')[0]})")
 
 
 def test_native_families_say_native(tmp_path):
@@ -167,6 +194,7 @@ def test_counts_equal_the_gates_topk(minicpm):
             idx, _ = minicpm_routing(minicpm.spec.moe_block(minicpm.hf, l), io.inp[l])
             expected[r] += torch.bincount(idx.reshape(-1), minlength=s.n_experts)
     assert torch.equal(counts.counts, expected)
+    _record(minicpm, "count")
 
 
 def test_trace_routing_is_the_gates_own(minicpm):
@@ -181,6 +209,7 @@ def test_trace_routing_is_the_gates_own(minicpm):
         o1, o2 = got_i.sort(-1), idx[:n].sort(-1)  # DeepSeek's top-k is unsorted
         assert torch.equal(o1.values, o2.values)
         torch.testing.assert_close(got_w.float().gather(1, o1.indices), w[:n].gather(1, o2.indices), rtol=1e-6, atol=1e-7)
+    _record(minicpm, "trace")
 
 
 def test_taps_leave_the_model_bit_identical(minicpm):
@@ -224,6 +253,7 @@ def test_reroute_equals_hand_written_block(minicpm, train_mode):
         torch.testing.assert_close(io.out[l], moe_block(blk, io.inp[l], bad), rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         assert torch.equal(minicpm.hf(ids).logits, before)  # undone on exit
+    _record(minicpm, "reroute", f"exact ({minicpm.spec.routing}, checked against the hand-written rule)")
 
 
 @pytest.mark.parametrize("train_mode", [False, True], ids=["eval-sorted-dispatch", "train-loop"])
@@ -250,6 +280,7 @@ def test_zero_equals_dropped_expert(minicpm, train_mode):
         minicpm.hf.eval()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert not torch.equal(got, plain)
+    _record(minicpm, "zero")
 
 
 def test_lens_and_knockout(minicpm):
@@ -266,6 +297,8 @@ def test_lens_and_knockout(minicpm):
         with rl.knock_out_attention(minicpm, [0], enc.last_prompt, keys, len(enc.input_ids)), torch.no_grad():
             minicpm.hf(enc.input_ids[None])
     assert float(pats[0][:, keys].abs().max()) == 0.0
+    _record(minicpm, "lens", "ok" + (f" (logits {minicpm.spec.logit_scale[0]} {minicpm.spec.logit_scale[1]:g})"
+                                     if minicpm.spec.logit_scale else ""))
 
 
 def test_steering_boost_picks_the_expert(minicpm):
@@ -348,3 +381,39 @@ def test_ceft_trains_only_the_chosen_experts(minicpm, tmp_path):
         for n, v in before.items():
             after[n].copy_(v)
     assert torch.equal(got, want) and not torch.equal(got, minicpm.hf(ids).logits.detach())
+
+
+@pytest.mark.parametrize("mode", ["reroute", "zero"])
+def test_board_and_evaluate_under_a_mask(minicpm, mode):
+    """The live-ablation panel and generation (EM/F1) run the remote-code model through the same masks."""
+    from routerlens_interp.evaluation import generate
+    from routerlens_interp.widgets import AblationPanel
+
+    mask = {1: [0, 3]}
+
+    def n_hooks():
+        return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in minicpm.hf.modules())
+
+    hooks = n_hooks()
+    panel = AblationPanel(minicpm, EX, presets={"A": mask}, mode=mode)
+    r = panel.run_preset("A")
+    assert n_hooks() == hooks and r["error"] is None and r["experts"] == mask
+    enc = minicpm.encode(EX)
+    with rl.mask_experts(minicpm, mask, mode), torch.no_grad():
+        p = minicpm.hf(enc.input_ids[None]).logits[0, enc.last_prompt].float().softmax(-1)[int(enc.answer_ids[0])]
+        answer = generate(minicpm, [EX], max_new_tokens=16)[0]
+    assert r["p_answer"] == pytest.approx(float(p), rel=1e-5) and r["answer"] == answer
+    with rl.mask_experts(minicpm, mask, mode):
+        scores = rl.evaluate(minicpm, [EX], max_new_tokens=8)
+    assert scores["n"] == 1 and 0.0 <= scores["em"] <= 1.0
+    assert n_hooks() == hooks
+
+
+def test_report_counts_only_transformers_families():
+    import family_report
+
+    report = {"results": {"olmoe": {k: "ok" for k, _ in family_report.STAGES},
+                          "minicpm (remote code)": {k: "ok" for k, _ in family_report.STAGES}},
+              "cases": {"olmoe": {"routing": "softmax_topk"}, "minicpm (remote code)": {"routing": "softmax_topk"}}}
+    text = family_report.render(report)
+    assert text.startswith("1 of 1 MoE families") and "| minicpm (remote code) | softmax_topk |" in text
