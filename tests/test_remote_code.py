@@ -417,3 +417,20 @@ def test_report_counts_only_transformers_families():
               "cases": {"olmoe": {"routing": "softmax_topk"}, "minicpm (remote code)": {"routing": "softmax_topk"}}}
     text = family_report.render(report)
     assert text.startswith("1 of 1 MoE families") and "| minicpm (remote code) | softmax_topk |" in text
+
+
+def test_weights_the_family_does_not_apply_are_refused(minicpm):
+    """A block whose output is not Σ w · expert(x) with the weights followed from its top-k (here: doubled by a
+    plain hook) is refused on its first forward, and from then on, rather than read with wrong weights."""
+    from routerlens_interp.model import from_hf
+
+    lm2 = from_hf(minicpm.hf, minicpm.tokenizer)  # a fresh hook layer: nothing checked yet
+    l = lm2.spec.moe_layers[0]
+    h = lm2.spec.moe_block(lm2.hf, l).register_forward_hook(lambda m, a, o: o * 2)
+    try:
+        for _ in range(2):
+            with pytest.raises(RuntimeError, match="routing weights cannot be read"):
+                rl.count_experts(lm2, TEXTS[:1], batch_size=1, with_answer=False)
+    finally:
+        h.remove()
+    assert l in lm2.hooks.list_refused and not minicpm.hooks.list_refused

@@ -1,6 +1,7 @@
 """Build a :class:`MoESpec` for a loaded model by walking its module tree.
 
-An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``) next to
+An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``), or an
+``nn.ModuleList`` of ``E`` like MLPs of 2-D linears (remote code: ``experts_kind = "module_list"``), next to
 a router: a sibling module holding a ``[E, H]`` weight (``gate``, ``router``, a nested ``.wg``/``.classifier``/
 ``.proj`` linear, or a router on the decoder layer itself). The family's routing is never re-implemented:
 ``reroute`` runs the family's own code on masked logits (:mod:`routerlens_interp.hooks`), so the table of
@@ -70,8 +71,9 @@ UNSUPPORTED = {
 SUPPORTED = ("60 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
              "DeepSeek-V2, DeepSeek-V3, GLM-4.5, GPT-OSS, Llama 4, ERNIE 4.5, dots.llm1, MiniMax-M2, Kimi-Linear, "
              "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE (any family with a router linear [E, H] next to an experts "
-             "module of per-expert stacked projections; the README's table lists all 66); not Doge, Zaya, JetMoE, "
-             "DBRX, Inkling, LongCat-Flash")
+             "module of per-expert stacked projections; the README's table lists all 66); remote code whose experts are "
+             "an nn.ModuleList of per-expert MLPs next to an [E, H] gate (MiniCPM-MoE, DeepSeek-V2 with "
+             "trust_remote_code=True); not Doge, Zaya, JetMoE, DBRX, Inkling, LongCat-Flash")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 

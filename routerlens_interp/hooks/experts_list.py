@@ -17,8 +17,11 @@ without re-implementing any of it:
   by their values: each expert's input rows must be the routed tokens' hidden states, exactly; any other
   dispatch is refused with the reason rather than mis-attributed.
 
-State lives in this module's closures for the duration of one forward of the MoE block, nothing in module
-``__dict__``\\s; every PyTorch hook is removed with the point's last client.
+On each layer's first forward the block's output is checked against ``Σ_j w'[t, j] · expert(x_t)`` (+ shared
+experts) recomputed from the experts' own modules (:meth:`ListRoute._verify`); a family whose weights are not
+what this follows is refused from then on, with the reason. State lives in this module's closures for the
+duration of one forward of the MoE block, nothing in module ``__dict__``\\s; every PyTorch hook is removed
+with the point's last client.
 """
 from __future__ import annotations
 
@@ -78,6 +81,42 @@ class ListRoute:
         st, self.state = self.state, None
         if st is not None and not st.get("frozen") and st.get("idx") is not None:
             self._freeze(st)  # no expert ran (no tokens): the readers still get the routing
+        if st is not None and st.get("used") is not None and self.layer not in self.hl.list_checked \
+                and isinstance(output, torch.Tensor):
+            self._verify(st, output)
+
+    @torch.no_grad()
+    def _verify(self, st: dict, output: torch.Tensor) -> None:
+        """Once per layer and model, on its first forward: the block's output must be ``Σ_j w[t, j] ·
+        expert_{idx[t, j]}(x_t)`` (+ shared experts) with the weights followed from the top-k, recomputed here
+        from the experts' own modules. Otherwise the weights read are not the family's: refused from then on."""
+        s = self.hl.spec
+        self.hl.list_checked.add(self.layer)
+        x, (idx, w) = st["hidden"], st["used"]
+        idx, w = idx.reshape(-1, self.k), w.reshape(-1, self.k)
+        y = output.reshape(-1, output.shape[-1]).float()
+        if idx.shape[0] != x.shape[0] or y.shape[0] != x.shape[0]:
+            why = f"the routing covers {idx.shape[0]} tokens, the block {x.shape[0]}"
+        else:
+            experts, block = s.experts(self.hl.lm.hf, self.layer), s.moe_block(self.hl.lm.hf, self.layer)
+            ref = torch.zeros_like(y)
+            for e in range(self.E):
+                sel = idx == e
+                tok = sel.any(-1).nonzero().reshape(-1)
+                if tok.numel():
+                    we = (sel[tok].to(w.dtype) * w[tok]).sum(-1, keepdim=True).float()
+                    ref[tok] += we * experts[e](x[tok]).float()
+            if s.shared_experts_attr:
+                ref += getattr(block, s.shared_experts_attr)(x).float()
+            scale = 1.0 + float(y.abs().max())
+            tol = (1e-4 if output.dtype == torch.float32 else 3e-2) * scale
+            why = None if torch.allclose(ref, y, rtol=0, atol=tol) else (
+                f"max difference {(ref - y).abs().max().item():.3g} of {scale - 1:.3g}")
+        if why is not None:
+            self.hl.list_refused[self.layer] = (
+                f"the block's output is not Σ w · expert(x) with the weights followed from its top-k ({why}): the "
+                "family combines its experts in another way, so its routing weights cannot be read")
+            raise RuntimeError(f"{self.name}: {s.family}: {self.hl.list_refused[self.layer]}")
 
     def _freeze(self, st: dict) -> None:
         """The routing is decided (the first expert is about to run): run the point's edits and reads."""
@@ -97,7 +136,11 @@ class ListRoute:
                 raise RuntimeError(f"{self.name}: an edit gives weight to an expert whose routing weight is 0; with "
                                    "experts kept as a ModuleList an edit can only scale the family's weights")
             st["factor"] = torch.where(w != 0, w2 / torch.where(w != 0, w, torch.ones_like(w)), torch.ones_like(w))
-        for fn in (pt.reads if pt is not None else ()):
+        reads = pt.reads if pt is not None else ()
+        if reads and self.layer in self.hl.list_refused:
+            raise RuntimeError(f"{self.name}: {self.hl.spec.family}: {self.hl.list_refused[self.layer]}")
+        st["used"] = (idx, w2)
+        for fn in reads:
             fn(idx, w2)
 
     def _expert_in(self, e: int):
@@ -146,3 +189,4 @@ class ListRoute:
         order = torch.empty_like(ox)
         order[ox] = tokens[ot]  # row ox[i] holds token tokens[ot[i]]
         return per_token[order]
+

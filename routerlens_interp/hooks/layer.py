@@ -61,6 +61,8 @@ class HookLayer:
         self.rows_refused: str | None = None
         self.masks: dict[int, list] = {}  # layer → [(mode, bool [E])] of the masks now in force
         self._observers: dict[int, Callable] = {}  # layer → observer of the routing scope (ModuleList experts)
+        self.list_checked: set[int] = set()  # ModuleList experts: layers whose read weights were checked
+        self.list_refused: dict[int, str] = {}
 
     @property
     def spec(self):
