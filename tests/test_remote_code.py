@@ -351,3 +351,23 @@ def test_weights_the_family_does_not_apply_are_refused(minicpm):
     finally:
         h.remove()
     assert l in lm2.hooks.list_refused and not minicpm.hooks.list_refused
+
+
+def test_router_tuning_round_trip(minicpm, tmp_path):
+    """RT trains the [E, H] gates only; the saved adapter applied equals the gates written in by hand."""
+    before = {n: p.detach().clone() for n, p in minicpm.hf.named_parameters()}
+    ad = rl.tune_router(minicpm, [EX] * 4, max_steps=2, batch_size=2, lr=1e-2, progress=False, out_dir=tmp_path / "rt")
+    assert set(ad.tensors) == {f"model.layers.{l}.mlp.gate.weight" for l in minicpm.spec.moe_layers}
+    params = dict(minicpm.hf.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in before.items())
+    loaded = rl.load_adapter(tmp_path / "rt", minicpm)
+    ids = _ids(minicpm)
+    with loaded.applied(minicpm), torch.no_grad():
+        got = minicpm.hf(ids).logits
+    with torch.no_grad():
+        for n, v in ad.tensors.items():
+            params[n].copy_(v)
+        want = minicpm.hf(ids).logits
+        for n, v in before.items():
+            params[n].copy_(v)
+    assert torch.equal(got, want) and any(not torch.equal(v, before[n]) for n, v in ad.tensors.items())
