@@ -371,3 +371,18 @@ def test_router_tuning_round_trip(minicpm, tmp_path):
         for n, v in before.items():
             params[n].copy_(v)
     assert torch.equal(got, want) and any(not torch.equal(v, before[n]) for n, v in ad.tensors.items())
+
+
+def test_ceft_refuses_an_inference_only_dispatch(minicpm, monkeypatch):
+    """Remote code that runs its experts under no_grad even in training mode would train nothing: refused."""
+    for l in minicpm.spec.moe_layers:  # on the instances: nnsight (used by earlier traces) binds forward there
+        blk = minicpm.spec.moe_block(minicpm.hf, l)
+        monkeypatch.setattr(blk, "forward", lambda h, f=blk.forward: torch.no_grad()(f)(h))
+    before = {n: (p.detach().clone(), p.requires_grad) for n, p in minicpm.hf.named_parameters()}
+    try:
+        with pytest.raises(RuntimeError, match="under torch.no_grad in training mode"):
+            rl.ceft(minicpm, [EX] * 2, experts={minicpm.spec.moe_layers[0]: [0, 1, 2, 3]}, max_steps=1, batch_size=2,
+                    progress=False)
+    finally:
+        minicpm.hf.eval()
+    assert all(torch.equal(p, before[n][0]) and p.requires_grad == before[n][1] for n, p in minicpm.hf.named_parameters())

@@ -136,6 +136,17 @@ def _listed_expert_names(lm, layer: int, ids: list[int]) -> list[str]:
     return [f"{lm.spec.experts_path(layer)}.{e}.{n}" for e in ids for n, _ in experts[e].named_parameters()]
 
 
+def _needs_autograd(family: str, layer: int, expert: int):
+    """A forward hook refusing a chosen expert that the family's code runs without autograd in training mode
+    (an inference-only dispatch under ``torch.no_grad``): it would get no gradient and never change."""
+    def hook(module, args, output):
+        if module.training and not torch.is_grad_enabled():
+            raise RuntimeError(f"{family}: layer {layer} runs expert {expert} under torch.no_grad in training mode "
+                               "(its remote code has an inference-only expert dispatch), so CEFT cannot train it; "
+                               "use the checkpoint's training-capable modeling code")
+    return hook
+
+
 @contextmanager
 def router_trainable(lm):
     """Train only the routers (see :func:`router_param_names`)."""
@@ -235,8 +246,14 @@ def expert_trainable(lm, experts):
             lm.spec.check_expert(layer, e)
     if lm.spec.experts_kind == "module_list":  # one module per expert: requires_grad on the chosen ones only
         names = [n for layer, ids in sorted(table.items()) for n in _listed_expert_names(lm, layer, ids)]
-        with _whole(lm, names) as t:
-            yield t
+        handles = [lm.spec.experts(lm.hf, layer)[e].register_forward_hook(_needs_autograd(lm.spec.family, layer, e))
+                   for layer, ids in sorted(table.items()) for e in ids]
+        try:
+            with _whole(lm, names) as t:
+                yield t
+        finally:
+            for h in handles:
+                h.remove()
         return
     registered: list[tuple[nn.Module, str]] = []
     orders: list[tuple[nn.Module, list[str]]] = []
