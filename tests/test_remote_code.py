@@ -386,3 +386,28 @@ def test_ceft_refuses_an_inference_only_dispatch(minicpm, monkeypatch):
     finally:
         minicpm.hf.eval()
     assert all(torch.equal(p, before[n][0]) and p.requires_grad == before[n][1] for n, p in minicpm.hf.named_parameters())
+
+
+def test_weights_are_followed_from_the_topk():
+    """The route follows the top-k values through the family's operations (and a gather at the chosen indices),
+    ignoring [T, k] tensors that do not derive from them."""
+    from types import SimpleNamespace
+
+    from routerlens_interp.hooks.experts_list import ListRoute
+
+    hl = SimpleNamespace(spec=SimpleNamespace(n_experts=6, top_k=2, hidden_size=4))
+    r = ListRoute(hl, 0, "blocks.0.experts.hook_route")
+    r.state = {}
+    scores = torch.rand(5, 6)
+    top = torch.topk(scores, 2, dim=-1)
+    r.observe(torch.topk, (scores, 2), top)
+    assert r.state["idx"] is top.indices and r.state["w"] is top.values
+    other = torch.rand(5, 2)
+    r.observe(torch.add, (other, 1.0), other + 1)  # unrelated [T, k]: not followed
+    assert r.state["w"] is top.values
+    w2 = top.values / top.values.sum(-1, keepdim=True)
+    r.observe(torch.Tensor.__truediv__, (top.values, None), w2)
+    assert r.state["w"] is w2
+    g = scores.gather(1, top.indices) * 2
+    r.observe(torch.gather, (scores * 2, 1, top.indices), g)
+    assert r.state["w"] is g

@@ -10,7 +10,8 @@ without re-implementing any of it:
   (after any masking or steering edit), seen by the routing tap (:class:`~.tap.RoutingTap`, ``observe``).
 - **weights**: the tensor the family derived from those top-k values last before its first expert ran,
   followed call by call (a float ``[T, k]`` result of an operation on the values, or on what was derived from
-  them: ``v / v.sum(-1)``, ``.to(dtype)``, ``· routed_scaling_factor``).
+  them: ``v / v.sum(-1)``, ``.to(dtype)``, ``· routed_scaling_factor``; or a ``gather`` of other scores at
+  the chosen indices).
 - **edits** (``w → w'``, e.g. zero masking, attribution's ``w · s``) act on the experts' outputs: the rows of
   token ``t`` that expert ``e`` returns are multiplied by ``w'[t, j] / w[t, j]`` (``idx[t, j] = e``), so the
   family's own combination ``Σ_j w[t, j] · out`` becomes ``Σ_j w'[t, j] · out``. Rows are matched to tokens
@@ -28,6 +29,8 @@ from __future__ import annotations
 import torch
 
 from .tap import _TOPK
+
+_GATHER = (torch.gather, torch.Tensor.gather)
 
 
 class ListRoute:
@@ -56,9 +59,12 @@ class ListRoute:
             if x.dim() and x.shape[-1] == self.E and out.indices.shape[-1] == self.k:
                 st["idx"], st["w"] = out.indices, out.values
             return
-        w = st.get("w")
-        if (w is not None and isinstance(out, torch.Tensor) and out.is_floating_point()
-                and out.shape == w.shape and any(a is w for a in args)):
+        w, idx = st.get("w"), st.get("idx")
+        if w is None or not (isinstance(out, torch.Tensor) and out.is_floating_point() and out.shape == w.shape):
+            return
+        # derived from the weights so far, or gathered at the chosen experts from other scores (DeepSeek-V3
+        # style: the top-k ranks biased scores, the weights are the unbiased ones at those indices)
+        if any(a is w for a in args) or (func in _GATHER and any(a is idx for a in args)):
             st["w"] = out
 
     # -- hooks ----------------------------------------------------------------------------------

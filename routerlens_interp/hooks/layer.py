@@ -17,8 +17,11 @@ name                                value                                       
 At each point the edits run first, in the order they were added, then the reads: a read sees what the
 model really used, whatever order a mask and a tracer were entered in. The router points act *inside* the
 family's own forward (:class:`~.tap.RoutingTap`), so the family's routing rule runs on the edited logits
-and no re-implementation of it is needed. Every PyTorch hook is installed when a point gets its first
-client and removed with its last, also after an exception; nothing is kept in module ``__dict__``\\s.
+and no re-implementation of it is needed. Experts kept as an ``nn.ModuleList`` (remote code, ``spec.experts_kind
+== "module_list"``) are never called with ``(indices, weights)``: there ``experts.hook_route`` follows the top-k
+the tap sees to the weights the family derives from it, and its edits scale each expert's output rows
+(:mod:`.experts_list`). Every PyTorch hook is installed when a point gets its first client and removed with its
+last, also after an exception; nothing is kept in module ``__dict__``\\s.
 """
 from __future__ import annotations
 
