@@ -411,3 +411,17 @@ def test_weights_are_followed_from_the_topk():
     g = scores.gather(1, top.indices) * 2
     r.observe(torch.gather, (scores * 2, 1, top.indices), g)
     assert r.state["w"] is g
+
+
+def test_ceft_adapter_index_checks_per_expert_tensors(tmp_path):
+    """A CEFT adapter of per-expert tensors must name experts, and exactly the manifest's, like sliced ones."""
+    from routerlens_interp.errors import IntegrityError
+    from routerlens_interp.train.adapters import _check_index
+
+    t = {f"model.layers.1.mlp.experts.{e}.w1.weight": torch.zeros(2, 2) for e in (2, 5)}
+    _check_index(t, {k: None for k in t}, {"method": "ceft", "experts": {"1": [2, 5]}}, tmp_path)
+    with pytest.raises(IntegrityError, match="manifest lists experts"):
+        _check_index(t, {k: None for k in t}, {"method": "ceft", "experts": {"1": [2]}}, tmp_path)
+    fused = {"model.layers.1.mlp.experts.gate_up_proj": torch.zeros(2, 2)}
+    with pytest.raises(IntegrityError, match="is neither"):
+        _check_index(fused, {k: None for k in fused}, {"method": "ceft", "experts": {"1": [0]}}, tmp_path)
