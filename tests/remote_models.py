@@ -28,6 +28,13 @@ MODELS = {
                                 first_k_dense_replace=1, moe_layer_freq=1, topk_method="group_limited_greedy",
                                 n_group=4, topk_group=2, routed_scaling_factor=1.5, norm_topk_prob=False,
                                 scoring_func="softmax", aux_loss_alpha=0.001, seq_aux=True)),
+    "deepseek_v3_remote": ("configuration_deepseek_test", "DeepseekV3TestConfig", "modeling_deepseek_test",
+                           "DeepseekV3ForCausalLM",
+                           dict(BASE, model_type="deepseek_v3", intermediate_size=40, moe_intermediate_size=12,
+                                n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1,
+                                first_k_dense_replace=1, moe_layer_freq=1, topk_method="noaux_tc",
+                                n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
+                                scoring_func="sigmoid", aux_loss_alpha=0.0, seq_aux=True)),
 }
 
 

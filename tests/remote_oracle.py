@@ -31,14 +31,26 @@ class BlockIO:
 
 
 def _scores(block, x, masked=None, bias=None):
-    """Softmax over the gate's logits ``x Wᵀ`` (+ ``bias [E]``; masked experts −inf) ``[T, E]``; the gate is a
-    Linear (MiniCPM) or holds ``weight [E, H]`` itself (DeepSeek's MoEGate)."""
+    """The gate's scores ``[T, E]``: softmax (sigmoid for DeepSeek-V3's gate) over the logits ``x Wᵀ`` (+ ``bias
+    [E]``; masked experts −inf). The gate is a Linear (MiniCPM) or holds ``weight [E, H]`` itself (MoEGate)."""
     logits = x.float() @ block.gate.weight.float().T
     if bias is not None:
         logits = logits + bias
     if masked is not None:
         logits = logits.masked_fill(masked, float("-inf"))
-    return logits.softmax(-1)
+    return logits.sigmoid() if getattr(block.gate, "scoring_func", "softmax") == "sigmoid" else logits.softmax(-1)
+
+
+def route_weights(block, v):
+    """The layout's weights from its scores ``v [T, k]`` at the chosen experts."""
+    g = block.gate
+    method = getattr(g, "topk_method", None)
+    if method is None:  # MiniCPM: renormalised
+        return v / v.sum(-1, keepdim=True)
+    renorm = g.top_k > 1 and g.norm_topk_prob
+    if method == "noaux_tc":  # DeepSeek-V3: renormalised, then scaled
+        return (v / (v.sum(-1, keepdim=True) + 1e-20) if renorm else v) * g.routed_scaling_factor
+    return v / (v.sum(-1, keepdim=True) + 1e-20) if renorm else v * g.routed_scaling_factor  # DeepSeek-V2
 
 
 def minicpm_routing(block, x, masked=None):
@@ -46,22 +58,30 @@ def minicpm_routing(block, x, masked=None):
 
     MiniCPM-MoE: softmax → top-k → renormalised. DeepSeek-V2 (remote): softmax → group-limited greedy top-k
     (groups scored by their best expert, ``topk_group`` kept) → × ``routed_scaling_factor`` (no renorm here).
+    DeepSeek-V3 (remote): sigmoid; choice = score + correction bias; groups scored by the sum of their two best
+    choices; top-k of the choices in the kept groups; weights = scores there, renormalised, × the factor.
+    Masked experts get −inf logits and −inf at the final top-k.
     """
     p = _scores(block, x, masked)
-    if hasattr(block, "num_experts_per_tok") and not hasattr(block.gate, "topk_method"):
-        v, i = p.topk(block.num_experts_per_tok, dim=-1)
-        return i, v / v.sum(-1, keepdim=True)
     g = block.gate
+    if not hasattr(g, "topk_method"):
+        v, i = p.topk(block.num_experts_per_tok, dim=-1)
+        return i, route_weights(block, v)
     T, E = p.shape
     choice = p
-    if g.topk_method == "group_limited_greedy":
-        groups = p.view(T, g.n_group, -1).max(-1).values.topk(g.topk_group, dim=-1).indices
-        keep = torch.zeros(T, g.n_group, dtype=torch.bool).scatter_(1, groups, True)
-        choice = p.masked_fill(~keep.repeat_interleave(E // g.n_group, dim=1), 0.0)
+    if g.topk_method in ("group_limited_greedy", "noaux_tc"):
+        if g.topk_method == "noaux_tc":
+            choice = p + g.e_score_correction_bias.detach().float()
+            gs = choice.view(T, g.n_group, -1).topk(2, dim=-1).values.sum(-1)
+        else:
+            gs = p.view(T, g.n_group, -1).max(-1).values
+        keep = torch.zeros(T, g.n_group, dtype=torch.bool).scatter_(1, gs.topk(g.topk_group, dim=-1).indices, True)
+        fill = float("-inf") if g.topk_method == "noaux_tc" else 0.0
+        choice = choice.masked_fill(~keep.repeat_interleave(E // g.n_group, dim=1), fill)
     if masked is not None:
         choice = choice.masked_fill(masked, float("-inf"))
     i = choice.topk(g.top_k, dim=-1).indices
-    return i, p.gather(1, i) * g.routed_scaling_factor
+    return i, route_weights(block, p.gather(1, i))
 
 
 def _mlp(ex, x):

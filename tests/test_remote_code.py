@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import remote_models  # noqa: E402
-from remote_oracle import BlockIO, _down, _scores, minicpm_routing, moe_block  # noqa: E402
+from remote_oracle import BlockIO, _down, _scores, minicpm_routing, moe_block, route_weights  # noqa: E402
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
@@ -34,7 +34,7 @@ def _quiet_load(path, **kw):
         return rl.load(path, **kw)
 
 
-LAYOUTS = ["minicpm_moe", "deepseek_v2_remote"]
+LAYOUTS = ["minicpm_moe", "deepseek_v2_remote", "deepseek_v3_remote"]
 _CACHE: dict[str, object] = {}
 REPORT: dict[str, dict[str, str]] = {}
 ROUTING: dict[str, str] = {}
@@ -62,7 +62,8 @@ def _write_report():
 @pytest.fixture(scope="module", params=LAYOUTS)
 def minicpm(request, tmp_path_factory):
     """Each remote-code layout in turn (named for the first: MiniCPM-MoE's w1/w2/w3 + linear gate; then
-    DeepSeek-V2's remote MoEGate with the top-k inside the gate and shared experts)."""
+    DeepSeek-V2's remote MoEGate with the top-k inside the gate and shared experts; then DeepSeek-V3's, whose
+    weights are gathered from unbiased sigmoid scores at experts chosen on biased ones)."""
     if request.param not in _CACHE:
         path = remote_models.save(request.param, tmp_path_factory.mktemp("rc") / request.param)
         _CACHE[request.param] = _quiet_load(path, trust_remote_code=True)
@@ -82,9 +83,10 @@ def test_spec_and_implementation(minicpm):
         assert s.routing_scope_attr == "mlp"  # a Linear gate: the block decides the top-k
         module = "modeling_minicpm_moe_test"
     else:
-        assert s.family == "deepseek_v2"
+        assert s.family in ("deepseek_v2", "deepseek_v3")
         assert (s.n_experts, s.top_k, s.moe_layers, s.shared_experts_attr) == (16, 4, [1, 2], "shared_experts")
-        assert s.routing_scope_attr == "mlp.gate" and s.routing_params["routed_scaling_factor"] == 1.5
+        assert s.routing_scope_attr == "mlp.gate"
+        assert s.routing_params["routed_scaling_factor"] == (1.5 if s.family == "deepseek_v2" else 2.5)
         module = "modeling_deepseek_test"
     assert s.experts_kind == "module_list" and s.router_attr == "gate" and s.experts_attr == "experts"
     assert s.implementation.startswith("remote code: transformers_modules.") and module in s.implementation
@@ -231,8 +233,7 @@ def test_steering_boost_picks_the_expert(minicpm):
     blk = minicpm.spec.moe_block(minicpm.hf, 1)
     bias = torch.zeros(minicpm.spec.n_experts)
     bias[4] = beta
-    v = _scores(blk, io.inp[1], bias=bias).gather(1, idx.long())
-    want = v * blk.gate.routed_scaling_factor if hasattr(blk.gate, "routed_scaling_factor") else v / v.sum(-1, keepdim=True)
+    want = route_weights(blk, _scores(blk, io.inp[1], bias=bias).gather(1, idx.long()))
     torch.testing.assert_close(w.float(), want, rtol=1e-5, atol=1e-6)
 
 
@@ -324,7 +325,6 @@ def test_board_and_evaluate_under_a_mask(minicpm, mode):
         scores = rl.evaluate(minicpm, [EX], max_new_tokens=8)
     assert scores["n"] == 1 and 0.0 <= scores["em"] <= 1.0
     assert n_hooks() == hooks
-
 
 
 def test_weights_the_family_does_not_apply_are_refused(minicpm):

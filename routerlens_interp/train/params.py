@@ -104,7 +104,9 @@ def router_param_names(lm) -> list[str]:
     names = []
     for layer in lm.spec.moe_layers:
         prefix = lm.spec.router_path(layer)
-        names += [f"{prefix}.{n}" for n, _ in lm.spec.router(lm.hf, layer).named_parameters()]
+        # DeepSeek-V3's remote code keeps the correction bias as a Parameter: left out for the same reason
+        names += [f"{prefix}.{n}" for n, _ in lm.spec.router(lm.hf, layer).named_parameters()
+                  if "correction_bias" not in n]
     return names
 
 

@@ -1,4 +1,4 @@
-"""Configuration of the tiny DeepSeek-V2 remote-code test model (``modeling_deepseek_test.py``).
+"""Configurations of the tiny DeepSeek-V2 / -V3 remote-code test models (``modeling_deepseek_test.py``).
 
 Written for the routerlens tests. Its MoE fields mirror the public DeepSeek-V2 remote-code config
 (``configuration_deepseek.py`` on the hub: ``n_routed_experts``, ``n_shared_experts``, ``moe_intermediate_size``,
@@ -30,3 +30,9 @@ class DeepseekV2TestConfig(LlamaConfig):
         self.aux_loss_alpha = aux_loss_alpha
         self.seq_aux = seq_aux
         super().__init__(**kwargs)
+
+
+class DeepseekV3TestConfig(DeepseekV2TestConfig):
+    """DeepSeek-V3's remote config adds sigmoid scoring with a correction bias (``topk_method="noaux_tc"``)."""
+
+    model_type = "deepseek_v3"

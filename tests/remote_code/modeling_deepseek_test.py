@@ -1,4 +1,4 @@
-"""A tiny DeepSeek-V2 in the layout of its hub remote code, written for the routerlens tests.
+"""A tiny DeepSeek-V2 (and -V3) in the layout of its hub remote code, written for the routerlens tests.
 
 With ``trust_remote_code=True`` a DeepSeek-V2(-Lite) checkpoint loads its own ``modeling_deepseek.py`` instead
 of transformers' fused ``deepseek_v2``. This file mirrors that code's MoE part (``DeepseekV2MoE``): ``experts``
@@ -7,6 +7,9 @@ is an ``nn.ModuleList`` of ``DeepseekV2MLP`` (``gate_proj/up_proj/down_proj``), 
 ``group_limited_greedy``), the renormalisation or ``routed_scaling_factor`` and (training only) the auxiliary
 loss, and returns ``(topk_idx, topk_weight, aux_loss)``; ``shared_experts`` are added unrouted; the first
 ``first_k_dense_replace`` layers are dense. Eval mode dispatches in ``moe_infer`` under ``torch.no_grad``.
+DeepSeek-V3's remote ``MoEGate`` (``topk_method="noaux_tc"``) is mirrored too: sigmoid scores, a correction bias
+``e_score_correction_bias [E]`` added for the choice only, groups scored by the sum of their two best, the
+weights gathered from the unbiased scores at the chosen experts, renormalised, × ``routed_scaling_factor``.
 Attention, norms and embeddings are Llama's (the real model's MLA attention is not the point here).
 """
 import torch
@@ -14,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from .configuration_deepseek_test import DeepseekV2TestConfig
+from .configuration_deepseek_test import DeepseekV2TestConfig, DeepseekV3TestConfig
 
 
 class DeepseekV2MLP(nn.Module):
@@ -44,12 +47,32 @@ class MoEGate(nn.Module):
         self.norm_topk_prob = config.norm_topk_prob
         self.weight = nn.Parameter(torch.empty((self.n_routed_experts, config.hidden_size)))
         nn.init.normal_(self.weight)
+        if self.topk_method == "noaux_tc":
+            self.e_score_correction_bias = nn.Parameter(torch.zeros(self.n_routed_experts))
 
     def forward(self, hidden_states):
         bsz, seq_len, h = hidden_states.shape
         hidden_states = hidden_states.view(-1, h)
         logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32), None)
-        scores = logits.softmax(dim=-1, dtype=torch.float32)
+        if self.scoring_func == "sigmoid":
+            scores = logits.sigmoid()
+        else:
+            scores = logits.softmax(dim=-1, dtype=torch.float32)
+        if self.topk_method == "noaux_tc":
+            scores_for_choice = scores.view(bsz * seq_len, -1) + self.e_score_correction_bias.unsqueeze(0)
+            group_scores = scores_for_choice.view(bsz * seq_len, self.n_group, -1).topk(2, dim=-1)[0].sum(dim=-1)
+            group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+            group_mask = torch.zeros_like(group_scores)
+            group_mask.scatter_(1, group_idx, 1)
+            score_mask = (group_mask.unsqueeze(-1)
+                          .expand(bsz * seq_len, self.n_group, self.n_routed_experts // self.n_group)
+                          .reshape(bsz * seq_len, -1))
+            tmp_scores = scores_for_choice.masked_fill(~score_mask.bool(), float("-inf"))
+            _, topk_idx = torch.topk(tmp_scores, k=self.top_k, dim=-1, sorted=False)
+            topk_weight = scores.gather(1, topk_idx)
+            if self.top_k > 1 and self.norm_topk_prob:
+                topk_weight = topk_weight / (topk_weight.sum(dim=-1, keepdim=True) + 1e-20)
+            return topk_idx, topk_weight * self.routed_scaling_factor, None
         if self.topk_method == "greedy":
             topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
         elif self.topk_method == "group_limited_greedy":
@@ -140,3 +163,7 @@ class DeepseekV2ForCausalLM(LlamaForCausalLM):
             else:
                 layer.mlp = DeepseekV2MLP(config)
         self.post_init()
+
+
+class DeepseekV3ForCausalLM(DeepseekV2ForCausalLM):
+    config_class = DeepseekV3TestConfig
