@@ -74,7 +74,7 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
                 grads = torch.autograd.grad(m, [s for _, _, s in mults], allow_unused=True) if mults else []
             base += float(m.detach())
             if mults and all(g is None for g in grads):
-                raise RuntimeError(f"{spec.family}: no gradient reached the routing weights of any MoE layer (the "
+                raise NotImplementedError(f"{spec.family}: no gradient reached the routing weights of any MoE layer (the "
                                    "family's experts run without autograd); attribution is not available here, use "
                                    "effects (rl.expert_effects) instead")
             for (r, idx, _), g in zip(mults, grads):

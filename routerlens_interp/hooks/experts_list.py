@@ -33,6 +33,11 @@ from .tap import _TOPK
 _GATHER = (torch.gather, torch.Tensor.gather)
 
 
+class ExpertsListUnavailable(NotImplementedError):
+    """The routing of this family's ``nn.ModuleList`` experts cannot be read or edited exactly (the reason
+    says why); nothing plausible-but-wrong is returned instead."""
+
+
 class ListRoute:
     """The ``experts.hook_route`` point of one MoE layer whose experts are an ``nn.ModuleList``.
 
@@ -122,14 +127,14 @@ class ListRoute:
             self.hl.list_refused[self.layer] = (
                 f"the block's output is not Σ w · expert(x) with the weights followed from its top-k ({why}): the "
                 "family combines its experts in another way, so its routing weights cannot be read")
-            raise RuntimeError(f"{self.name}: {s.family}: {self.hl.list_refused[self.layer]}")
+            raise ExpertsListUnavailable(f"{self.name}: {s.family}: {self.hl.list_refused[self.layer]}")
 
     def _freeze(self, st: dict) -> None:
         """The routing is decided (the first expert is about to run): run the point's edits and reads."""
         st["frozen"] = True
         idx, w = st.get("idx"), st.get("w")
         if idx is None:
-            raise RuntimeError(f"{self.name}: the {self.hl.spec.family} block ran its experts without a top-k over "
+            raise ExpertsListUnavailable(f"{self.name}: the {self.hl.spec.family} block ran its experts without a top-k over "
                                f"its {self.E} experts inside {self.hl.spec.routing_scope_attr!r}; its routing cannot "
                                "be read")
         pt = self.hl._points.get(self.name)
@@ -139,12 +144,12 @@ class ListRoute:
         if w2 is not w:
             bad = (w == 0) & (w2 != 0)
             if bool(bad.any()):
-                raise RuntimeError(f"{self.name}: an edit gives weight to an expert whose routing weight is 0; with "
+                raise ExpertsListUnavailable(f"{self.name}: an edit gives weight to an expert whose routing weight is 0; with "
                                    "experts kept as a ModuleList an edit can only scale the family's weights")
             st["factor"] = torch.where(w != 0, w2 / torch.where(w != 0, w, torch.ones_like(w)), torch.ones_like(w))
         reads = pt.reads if pt is not None else ()
         if reads and self.layer in self.hl.list_refused:
-            raise RuntimeError(f"{self.name}: {self.hl.spec.family}: {self.hl.list_refused[self.layer]}")
+            raise ExpertsListUnavailable(f"{self.name}: {self.hl.spec.family}: {self.hl.list_refused[self.layer]}")
         st["used"] = (idx, w2)
         for fn in reads:
             fn(idx, w2)
@@ -179,7 +184,7 @@ class ListRoute:
         per_token = (factor * sel.to(factor.dtype)).sum(-1)
         x2 = x.reshape(-1, x.shape[-1])
         if x2.shape[0] != tokens.numel():
-            raise RuntimeError(f"{self.name}: expert {e} received {x2.shape[0]} rows but the routing sent it "
+            raise ExpertsListUnavailable(f"{self.name}: expert {e} received {x2.shape[0]} rows but the routing sent it "
                                f"{tokens.numel()} tokens; this dispatch cannot be edited per token")
         if tokens.numel() == 0:
             return per_token[:0]
@@ -190,7 +195,7 @@ class ListRoute:
         r = torch.randn(x2.shape[-1], dtype=torch.float64, generator=torch.Generator().manual_seed(0)).to(x2.device)
         ox, ot = (x2.double() @ r).argsort(), (ref.double() @ r).argsort()
         if not torch.equal(x2[ox], ref[ot]):
-            raise RuntimeError(f"{self.name}: the rows expert {e} received are not its tokens' hidden states; this "
+            raise ExpertsListUnavailable(f"{self.name}: the rows expert {e} received are not its tokens' hidden states; this "
                                "family transforms the experts' inputs, so its routing weights cannot be edited")
         order = torch.empty_like(ox)
         order[ox] = tokens[ot]  # row ox[i] holds token tokens[ot[i]]

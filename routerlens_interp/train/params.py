@@ -143,7 +143,7 @@ def _needs_autograd(family: str, layer: int, expert: int):
     (an inference-only dispatch under ``torch.no_grad``): it would get no gradient and never change."""
     def hook(module, args, output):
         if module.training and not torch.is_grad_enabled():
-            raise RuntimeError(f"{family}: layer {layer} runs expert {expert} under torch.no_grad in training mode "
+            raise NotImplementedError(f"{family}: layer {layer} runs expert {expert} under torch.no_grad in training mode "
                                "(its remote code has an inference-only expert dispatch), so CEFT cannot train it; "
                                "use the checkpoint's training-capable modeling code")
     return hook
