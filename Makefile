@@ -41,7 +41,7 @@ figures: setup
 
 # The architectures table (docs/architectures.md; counts in the README), generated from the family suite's results.
 families: setup
-	ROUTERLENS_FAMILY_REPORT=assets/families.json OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_families.py
+	ROUTERLENS_FAMILY_REPORT=assets/families.json OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -p no:cacheprovider tests/test_families.py tests/test_remote_code.py
 	$(PY) tests/family_report.py assets/families.json docs/architectures.md README.md
 
 bench: setup

@@ -48,7 +48,8 @@ class MoEModel:
         s = self.spec
         q = f", quantization={self.quantization['summary']!r}" if self.quantization else ""
         return (f"MoEModel({self.name!r}, family={s.family}, layers={s.n_layers}, moe_layers={len(s.moe_layers)}, "
-                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing}{q})")
+                f"experts={s.n_experts}, top_k={s.top_k}, routing={s.routing}, experts_kind={s.experts_kind}, "
+                f"implementation={s.implementation!r}{q})")
 
     @property
     def device(self) -> torch.device:

@@ -31,13 +31,19 @@ def mark(status: str | None) -> tuple[str, str | None]:
 def counts(report: dict) -> dict:
     """``{"families", "loaded", "full", "refused", "tl"}``: how many families the suite tried, load, pass every
     stage with no refusal, are refused at load, and have a working TransformerLens bridge."""
-    res = report["results"]
+    # rows "<family> (remote code)" (tests/test_remote_code.py) are layouts, not transformers families: not counted
+    res = {f: r for f, r in report["results"].items() if not f.endswith("(remote code)")}
     full = [f for f in res if all(mark(res[f].get(k))[0].startswith("✓") or k == "tl" for k, _ in STAGES[:-1])
             and "knockout" not in res[f]]
     loaded = [f for f in res if not res[f]["load"].startswith("refused")]
     tl = [f for f in res if mark(res[f].get("tl"))[0].startswith("✓")]
     return {"families": len(res), "loaded": len(loaded), "full": len(full), "refused": len(res) - len(loaded),
             "tl": len(tl)}
+
+
+def remote_rows(report: dict) -> list[str]:
+    """The remote-code layouts checked beside the families (``"<family> (remote code)"`` rows)."""
+    return sorted(f for f in report["results"] if f.endswith("(remote code)"))
 
 
 def headline(report: dict) -> str:
@@ -51,15 +57,24 @@ def headline(report: dict) -> str:
 def summary(report: dict, link: str = "docs/architectures.md") -> str:
     """The README's part: the counts, the TransformerLens coverage, and a link to the full table."""
     c = counts(report)
+    remote = remote_rows(report)
+    extra = (f" Remote-code checkpoints that keep their experts as an nn.ModuleList of per-expert MLPs "
+             f"({', '.join(r.replace(' (remote code)', '') for r in remote)}, loaded with trust_remote_code=True) "
+             "pass the same stage checks.") if remote else ""
     return (headline(report) + f" The TransformerLens backend bridges {c['tl']} of them (the nnsight backend traces "
-            f"every family that loads). Full table, with the reason for every refusal: [{link}]({link}).")
+            f"every family that loads).{extra} Full table, with the reason for every refusal: [{link}]({link}).")
 
 
 def render(report: dict) -> str:
     """The full table (one row per family, one column per stage) and its notes, as Markdown."""
     res, cases = report["results"], report["cases"]
+    remote = remote_rows(report)
+    native = {f: r for f, r in res.items() if f not in remote}
+    extra = (f" Rows marked (remote code) are checkpoints whose own modeling code keeps the experts as an nn.ModuleList "
+             f"of per-expert MLPs, loaded with trust_remote_code=True: the same stage checks, in "
+             "tests/test_remote_code.py.") if remote else ""
     lines = [headline(report) + " ✓ passes, ✓* passes with the note below, ✗ refused with the reason below, "
-             "· not run.", "",
+             "· not run." + extra, "",
              "| family | routing rule | " + " | ".join(h for _, h in STAGES) + " |",
              "|---|---|" + "---|" * len(STAGES)]
     notes = []
@@ -77,10 +92,10 @@ def render(report: dict) -> str:
         lines.append(f"| {fam}{mm} | {cases.get(fam, {}).get('routing', '')} | " + " | ".join(row) + " |")
         notes += [f"- **{fam}** — {w.split('. Supported:')[0]}" for w in why
                   if not w.startswith("TransformerLens: no adapter")]
-    no_tl = sorted(f for f in res if str(res[f].get("tl", "")).startswith("no adapter"))
+    no_tl = sorted(f for f in native if str(native[f].get("tl", "")).startswith("no adapter"))
     lines += ["", "Notes:", *notes, "",
               f"TransformerLens 4.3 has no working bridge for {len(no_tl)} families ({', '.join(no_tl)}); "
-              "the nnsight backend traces all of them."]
+              "the nnsight backend traces all of them" + (" (nor for the remote-code rows)." if remote else ".")]
     return "\n".join(lines)
 
 

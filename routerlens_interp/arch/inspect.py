@@ -1,6 +1,7 @@
 """Build a :class:`MoESpec` for a loaded model by walking its module tree.
 
-An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``) next to
+An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``), or an
+``nn.ModuleList`` of ``E`` like MLPs of 2-D linears (remote code: ``experts_kind = "module_list"``), next to
 a router: a sibling module holding a ``[E, H]`` weight (``gate``, ``router``, a nested ``.wg``/``.classifier``/
 ``.proj`` linear, or a router on the decoder layer itself). The family's routing is never re-implemented:
 ``reroute`` runs the family's own code on masked logits (:mod:`routerlens_interp.hooks`), so the table of
@@ -50,6 +51,7 @@ ROUTING_RULES = {
     "ernie4_5_moe": "softmax_bias", "longcat_flash": "softmax_bias",
     "mistral4": "softmax_group", "mistral_large4_text": "softmax_group",
     "phimoe": "sparsemixer", "gemma4_text": "scaled_softmax", "deepseek_v4": "sqrt_softplus_bias",
+    "minicpm": "softmax_topk",  # MiniCPM-MoE remote code: softmax → top-k → renormalised
 }
 # Families this design cannot represent: the reason goes into the refusal.
 UNSUPPORTED = {
@@ -69,8 +71,9 @@ UNSUPPORTED = {
 SUPPORTED = ("60 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
              "DeepSeek-V2, DeepSeek-V3, GLM-4.5, GPT-OSS, Llama 4, ERNIE 4.5, dots.llm1, MiniMax-M2, Kimi-Linear, "
              "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE (any family with a router linear [E, H] next to an experts "
-             "module of per-expert stacked projections; the README's table lists all 66); not Doge, Zaya, JetMoE, "
-             "DBRX, Inkling, LongCat-Flash")
+             "module of per-expert stacked projections; the README's table lists all 66); remote code whose experts are "
+             "an nn.ModuleList of per-expert MLPs next to an [E, H] gate (MiniCPM-MoE, DeepSeek-V2 with "
+             "trust_remote_code=True); not Doge, Zaya, JetMoE, DBRX, Inkling, LongCat-Flash")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
@@ -94,9 +97,21 @@ def _find_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
 
 
 def _expert_count(mod: nn.Module) -> int | None:
-    """E when ``mod`` holds per-expert stacked projections (``[E, ., .]`` parameters named *proj*)."""
+    """E when ``mod`` holds per-expert stacked projections (``[E, ., .]`` parameters named *proj*), or is an
+    ``nn.ModuleList`` of ``E`` like MLPs made of 2-D linears (remote code: ``w1/w2/w3``, ``gate/up/down_proj``)."""
+    if isinstance(mod, nn.ModuleList):
+        return len(mod) if _expert_list(mod) else None
     dims = {p.shape[0] for n, p in mod.named_parameters(recurse=False) if p.dim() == 3 and "proj" in n}
     return dims.pop() if len(dims) == 1 and hasattr(mod, "down_proj") else None
+
+
+def _expert_list(mod: nn.ModuleList) -> bool:
+    """Every item the same MLP class with at least two ``nn.Linear`` children and nothing deeper than 2-D."""
+    if len(mod) < 2 or len({type(m) for m in mod}) != 1:
+        return False
+    first = mod[0]
+    linears = [c for c in first.children() if isinstance(c, nn.Linear)]
+    return len(linears) >= 2 and all(p.dim() <= 2 for p in first.parameters())
 
 
 def _router_in(mod: nn.Module, E: int, H: int) -> bool:
@@ -159,8 +174,9 @@ def inspect_model(model: nn.Module) -> MoESpec:
                           f"image-text-to-text class. Supported: {SUPPORTED}")
     # Routers that are a plain Linear give logits only; the block then decides the top-k.
     scope = ".".join(p for p in (moe_attr, router_attr) if p) if type(router) is not nn.Linear else moe_attr
-    params = list(inspect_sig.signature(experts.forward).parameters)
-    io = "fused" if len(params) >= 3 else "dense_scores"
+    kind = "module_list" if isinstance(experts, nn.ModuleList) else "fused"
+    params = list(inspect_sig.signature(experts.forward).parameters) if kind == "fused" else []
+    io = "module_list" if kind == "module_list" else "fused" if len(params) >= 3 else "dense_scores"
     consts = {k: getattr(router, k) for k in ("norm_topk_prob", "routed_scaling_factor", "num_group",
                                                "topk_group", "topk_method") if hasattr(router, k)}
     spec = MoESpec(family=family, n_layers=len(layers), moe_layers=moe_layers, n_experts=n_experts,
@@ -168,7 +184,7 @@ def inspect_model(model: nn.Module) -> MoESpec:
                    router_attr=router_attr, experts_attr=experts_attr, attn_attr=attn_attr,
                    final_norm_path=norm_path or "", unembed_path=unembed, shared_experts_attr=shared_attr,
                    routing_params=consts, hidden_size=H, routing_scope_attr=scope, experts_io=io, mixers=mixers,
-                   logit_scale=logit_scale(text_cfg))
+                   logit_scale=logit_scale(text_cfg), experts_kind=kind, implementation=implementation(model))
     if norm_path is None:
         spec.lens = f"no final norm found (looked for {', '.join(_NORM_NAMES)} next to the decoder layers)"
     if model.config is not text_cfg:
@@ -176,12 +192,29 @@ def inspect_model(model: nn.Module) -> MoESpec:
     return spec
 
 
+def implementation(model: nn.Module) -> str:
+    """``"transformers native"``, or ``"remote code: <module>"`` when the model class came from the checkpoint's
+    own modeling file (``trust_remote_code=True`` with an ``auto_map``: transformers imports it as
+    ``transformers_modules.…``)."""
+    module = type(model).__module__
+    if module.startswith("transformers.") or module == "transformers":
+        return "transformers native"
+    if module.startswith("transformers_modules"):
+        return f"remote code: {module}"
+    return f"custom class: {module}.{type(model).__name__}"
+
+
 def logit_scale(cfg) -> tuple | None:
-    """The family's own step from ``lm_head`` output to logits, read off its config."""
+    """The family's own step from ``lm_head`` output to logits, read off its config (MiniCPM divides the last
+    hidden state by ``hidden_size / dim_model_base`` before ``lm_head``: the same as dividing the logits)."""
     if getattr(cfg, "logits_scaling", None) not in (None, 1, 1.0):
         return ("divide", float(cfg.logits_scaling))
     if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
         return ("multiply", float(cfg.logit_scale))
+    if getattr(cfg, "dim_model_base", None) and getattr(cfg, "scale_emb", None) is not None:
+        ratio = float(cfg.hidden_size) / float(cfg.dim_model_base)
+        if ratio != 1.0:
+            return ("divide", ratio)
     if getattr(cfg, "final_logit_softcapping", None):
         return ("softcap", float(cfg.final_logit_softcapping))
     return None

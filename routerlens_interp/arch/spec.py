@@ -36,6 +36,11 @@ class MoESpec:
             router when it returns weights and indices, else the MoE block or the layer itself).
         experts_io: ``"fused"`` (the experts module takes ``hidden, indices [T,k], weights [T,k]``) or
             ``"dense_scores"`` (Llama 4: the router returns ``[T, E]`` scores that scale the experts' inputs).
+        experts_kind: ``"fused"`` (one module of stacked ``[E, ., .]`` projections, transformers 5) or
+            ``"module_list"`` (an ``nn.ModuleList`` of per-expert MLPs with 2-D linears: remote code such as
+            MiniCPM-MoE or DeepSeek-V2 with ``trust_remote_code``; see :mod:`routerlens_interp.hooks.experts_list`).
+        implementation: ``"transformers native"`` or ``"remote code: <module>"`` (the model class's module, as
+            a ``trust_remote_code=True`` load picked it).
         attention_layers: decoder layers whose mixer is softmax attention returning its probabilities
             (hybrids also have linear-attention, Mamba or convolution layers: see ``mixers``).
         mixers: ``{layer: kind}`` for every layer that is not softmax attention.
@@ -65,6 +70,8 @@ class MoESpec:
     hidden_size: int = 0
     routing_scope_attr: str = ""
     experts_io: str = "fused"
+    experts_kind: str = "fused"
+    implementation: str = "transformers native"
     attention_layers: list[int] | None = None
     mixers: dict = field(default_factory=dict)
     logit_scale: tuple | None = None
@@ -91,7 +98,8 @@ class MoESpec:
         return get_path(self.moe_block(model, layer), self.router_attr)
 
     def experts(self, model: nn.Module, layer: int) -> nn.Module:
-        """Fused experts: ``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``."""
+        """Fused experts (``gate_up_proj [E, 2I, H]``, ``down_proj [E, H, I]``), or for ``experts_kind ==
+        "module_list"`` the ``nn.ModuleList`` of ``E`` per-expert MLPs."""
         return get_path(self.moe_block(model, layer), self.experts_attr)
 
     def attention(self, model: nn.Module, layer: int) -> nn.Module:

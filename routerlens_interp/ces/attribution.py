@@ -50,6 +50,12 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
     base = 0.0
     was = lm.hf.training
     lm.hf.eval()
+    # Remote-code experts kept as a ModuleList (MiniCPM-MoE, DeepSeek-V2 remote) dispatch under torch.no_grad in
+    # eval mode (their moe_infer): their MoE blocks run their training-mode path, the same routing and sum of
+    # w · expert(x), differentiable (those blocks hold no dropout).
+    blocks = [spec.moe_block(lm.hf, l) for l in spec.moe_layers] if spec.experts_kind == "module_list" else []
+    for b in blocks:
+        b.train()
     try:
         for chunk, _ in tqdm(list(batches(items, batch_size)), desc="attribute", disable=not progress, unit="batch"):
             mults: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (row, indices, multiplier)
@@ -67,6 +73,10 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
                 m = forward_metric(lm, chunk)
                 grads = torch.autograd.grad(m, [s for _, _, s in mults], allow_unused=True) if mults else []
             base += float(m.detach())
+            if mults and all(g is None for g in grads):
+                raise NotImplementedError(f"{spec.family}: no gradient reached the routing weights of any MoE layer (the "
+                                   "family's experts run without autograd); attribution is not available here, use "
+                                   "effects (rl.expert_effects) instead")
             for (r, idx, _), g in zip(mults, grads):
                 if g is None:
                     continue
@@ -74,6 +84,8 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
                     0, idx.reshape(-1).long(), g.reshape(-1).double()).cpu()
     finally:
         lm.hf.train(was)
+        for b in blocks:
+            b.train(was)
     n = len(items)
     return ExpertScores(acc / n, list(spec.moe_layers), "attribution", metric, n, spec.top_k, base / n,
                         meta={"tokens": tokens, "seconds": round(time.time() - t0, 2)})

@@ -17,8 +17,11 @@ name                                value                                       
 At each point the edits run first, in the order they were added, then the reads: a read sees what the
 model really used, whatever order a mask and a tracer were entered in. The router points act *inside* the
 family's own forward (:class:`~.tap.RoutingTap`), so the family's routing rule runs on the edited logits
-and no re-implementation of it is needed. Every PyTorch hook is installed when a point gets its first
-client and removed with its last, also after an exception; nothing is kept in module ``__dict__``\\s.
+and no re-implementation of it is needed. Experts kept as an ``nn.ModuleList`` (remote code, ``spec.experts_kind
+== "module_list"``) are never called with ``(indices, weights)``: there ``experts.hook_route`` follows the top-k
+the tap sees to the weights the family derives from it, and its edits scale each expert's output rows
+(:mod:`.experts_list`). Every PyTorch hook is installed when a point gets its first client and removed with its
+last, also after an exception; nothing is kept in module ``__dict__``\\s.
 """
 from __future__ import annotations
 
@@ -60,6 +63,9 @@ class HookLayer:
         self.rows_checked = False  # attention rows without eager checked against eager (attn_rows.check_rows)
         self.rows_refused: str | None = None
         self.masks: dict[int, list] = {}  # layer → [(mode, bool [E])] of the masks now in force
+        self._observers: dict[int, Callable] = {}  # layer → observer of the routing scope (ModuleList experts)
+        self.list_checked: set[int] = set()  # ModuleList experts: layers whose read weights were checked
+        self.list_refused: dict[int, str] = {}
 
     @property
     def spec(self):
@@ -253,8 +259,14 @@ class HookLayer:
 
         stack: list[RoutingTap] = []
 
+        def observe(func, args, out):
+            obs = self._observers.get(layer)
+            if obs is not None:
+                obs(func, args, out)
+
         def enter(module, args, kwargs):
-            tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice, on_select)
+            tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice, on_select,
+                             observe if s.experts_kind == "module_list" else None)
             tap.__enter__()
             stack.append(tap)
 
@@ -272,6 +284,13 @@ class HookLayer:
     def _install_route(self, layer: int) -> list:
         s, hf = self.spec, self.lm.hf
         name = f"blocks.{layer}.experts.hook_route"
+        if s.experts_kind == "module_list":  # per-expert MLP modules (remote code): see .experts_list
+            from .experts_list import ListRoute
+
+            route = ListRoute(self, layer, name)
+            handles = self._install_tap(layer)  # the tap sees the top-k and the weights derived from it
+            self._observers[layer] = route.observe
+            return handles + route.install() + [_Forget(self._observers, layer)]
         if s.experts_io == "dense_scores":  # Llama 4: the router's [T, E] scores scale the experts' inputs
             k = s.top_k
 
@@ -316,6 +335,16 @@ class _PatternReader:
 
     def deliver(self, rows: torch.Tensor) -> None:  # sdpa: already the rows [B, H, R, T]
         self.fn(rows)
+
+
+class _Forget:
+    """Handle-like: removes a layer's routing-scope observer."""
+
+    def __init__(self, table: dict, layer: int):
+        self.table, self.layer = table, layer
+
+    def remove(self) -> None:
+        self.table.pop(self.layer, None)
 
 
 class _Release:

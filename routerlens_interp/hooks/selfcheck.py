@@ -137,7 +137,7 @@ def check_reroute(lm) -> dict[int, str]:
                     refused[l] = (f"with experts {sorted(bad)} masked, the family's routing still chose {hit}: its "
                                   f"selection does not go through the router logits or a top-k over the experts")
                     break
-                if spec.experts_io == "fused" and any(len(set(r.tolist())) != k for r in flat):
+                if spec.experts_io in ("fused", "module_list") and any(len(set(r.tolist())) != k for r in flat):
                     refused[l] = f"with experts {sorted(bad)} masked, some tokens no longer get {k} distinct experts"
                     break
     finally:

@@ -20,6 +20,11 @@ module holding the routing decision runs. It sees two kinds of calls:
 
 The tap counts the logits it sees per call; the model's self-check uses that to refuse families whose
 router does not compute its logits this way.
+
+Experts kept as an ``nn.ModuleList`` (remote code: MiniCPM-MoE, DeepSeek-V2 with ``trust_remote_code``) are
+never called with ``(indices, weights)``; an ``observe(func, args, result)`` callback sees what the family's
+code got back from each call in the routing scope (the top-k result after the edits above), so the hook layer
+can follow the top-k values to the weights the family computes from them (:mod:`.experts_list`).
 """
 from __future__ import annotations
 
@@ -42,17 +47,25 @@ class RoutingTap(TorchFunctionMode):
         on_select: ``scores [..., E] → scores`` used only to pick the top-k indices (after ``on_choice``);
             the values returned are gathered from the ``on_choice`` scores. Returning its input unchanged
             (the same object) leaves the top-k call as it was.
+        observe: ``(func, args, result) → None``, called with what each call in the scope returned to the
+            family's code (None: nothing observed).
     """
 
     def __init__(self, n_experts: int, hidden: int, on_logits: Callable, on_choice: Callable | None,
-                 on_select: Callable | None = None):
+                 on_select: Callable | None = None, observe: Callable | None = None):
         super().__init__()
         self.E, self.H = n_experts, hidden
         self.on_logits, self.on_choice, self.on_select = on_logits, on_choice, on_select
+        self.observe = observe
         self.hits = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        out = self._call(func, args, kwargs or {})
+        if self.observe is not None:
+            self.observe(func, args, out)
+        return out
+
+    def _call(self, func, args, kwargs):
         if func is F.linear:
             w = args[1] if len(args) > 1 else kwargs.get("weight")
             if w is not None and w.dim() == 2 and w.shape[0] == self.E and w.shape[1] == self.H:

@@ -352,7 +352,8 @@ class RouterAdapter(Adapter):
 
 
 class ExpertAdapter(Adapter):
-    """CEFT: the selected experts' rows ``[n, ...]`` of each fused expert tensor of their layers."""
+    """CEFT: the selected experts' rows ``[n, ...]`` of each fused expert tensor of their layers, or (experts
+    kept as an ``nn.ModuleList``, remote code) the selected experts' own tensors, whole."""
 
     method = "ceft"
 
@@ -405,11 +406,15 @@ def _check_index(tensors: dict, index: dict, manifest: dict, wpath: Path) -> Non
     """Expert ids: 1-D integer rows matching the slices, no repeats; for CEFT the manifest's ``experts``
     table must be exactly the experts the slices hold, the same in every tensor of a layer."""
     held: dict[int, list[int]] = {}
+    whole: dict[int, set[int]] = {}  # CEFT on experts kept as a ModuleList: whole tensors of experts.<e>.*
     for name, ids in index.items():
         if ids is None:
             if manifest["method"] == "ceft":
-                raise IntegrityError(f"{wpath}: a ceft adapter holds expert slices only, but {name!r} is a whole "
-                                     "tensor")
+                m = re.search(r"\.(\d+)\.(?:[^.]+\.)*?[^.]*experts[^.]*\.(\d+)\.", name)
+                if m is None:
+                    raise IntegrityError(f"{wpath}: a ceft adapter holds expert slices or per-expert modules' "
+                                         f"tensors only, but {name!r} is neither")
+                whole.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
             continue
         if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.dim() != 1 or len(ids) != len(tensors[name]):
             raise IntegrityError(f"{wpath}: {name + '::index'!r} must be 1-D integer expert ids, one per slice row")
@@ -419,6 +424,10 @@ def _check_index(tensors: dict, index: dict, manifest: dict, wpath: Path) -> Non
         layer = _layer_of(name)
         if layer is None or held.setdefault(layer, sorted(rows)) != sorted(rows):
             raise IntegrityError(f"{wpath}: the tensors of layer {layer} hold different experts ({name!r}: {rows})")
+    if set(whole) & set(held):
+        raise IntegrityError(f"{wpath}: layers {sorted(set(whole) & set(held))} hold both expert slices and whole "
+                             "per-expert tensors; the adapter is inconsistent, re-save it")
+    held.update((l, sorted(e)) for l, e in whole.items())
     if manifest["method"] == "ceft":
         listed = {int(l): sorted(ids) for l, ids in manifest["experts"].items() if ids}
         if listed != dict(sorted(held.items())):

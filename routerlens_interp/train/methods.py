@@ -11,7 +11,6 @@ import re
 import warnings
 from contextlib import nullcontext
 
-import torch
 
 from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
 from .config import TrainConfig
@@ -19,7 +18,7 @@ from .data import prepare
 from ..errors import UserError
 from ..outdir import locked
 from .loop import CheckpointWriteError, make_accelerator, train
-from .params import (expert_tensor_names, expert_trainable, full_trainable, router_param_names,
+from .params import (expert_param_index, expert_trainable, full_trainable, router_param_names,
                      router_trainable)
 
 __all__ = ["tune_router", "ceft", "full_finetune"]
@@ -119,12 +118,10 @@ def ceft(lm, train, dev=None, *, experts, config: TrainConfig | dict | None = No
     Returns an :class:`ExpertAdapter` holding ``[n_selected, ...]`` slices per tensor.
     """
     table = {int(layer): sorted({int(e) for e in ids}) for layer, ids in experts.items() if len(ids)}
-    index = {}
     for layer, ids in sorted(table.items()):
         for e in ids:
             lm.spec.check_expert(layer, e)
-        for name in expert_tensor_names(lm, layer):
-            index[f"{lm.spec.experts_path(layer)}.{name}"] = torch.tensor(ids, dtype=torch.long)
+    index = expert_param_index(lm, table)
     extra = {"experts": {str(layer): ids for layer, ids in table.items()}}
     return _run(lm, train, dev, "ceft", expert_trainable(lm, table), index, ExpertAdapter, extra,
                 config=config, out_dir=out_dir, resume=resume, progress=progress, seed=seed, callback=callback,

@@ -13,6 +13,10 @@ gradients and optimizer state exist for the selected experts only; the other row
 so they stay bit-identical. (The selected rows are written into the base's storage, no full copy, and
 put back on exit from a CPU copy.)
 
+Experts kept as an ``nn.ModuleList`` (remote code, ``spec.experts_kind == "module_list"``) need none of that:
+each selected expert is its own module, so CEFT sets ``requires_grad`` on its linears only and the others get
+no gradient and no optimizer state at all (a real memory saving: ``n_selected / E`` of the experts' state).
+
 Per training step that costs one batched row write after the update (:attr:`Trainable.sync`, a single
 ``_foreach_copy_`` over all selected rows of all layers) plus, per fused tensor, an alias in forward and
 an ``index_select`` of the gradient in backward. A forward writes the rows itself only when the slices or
@@ -29,7 +33,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["Trainable", "router_trainable", "expert_trainable", "full_trainable", "expert_tensor_names"]
+__all__ = ["Trainable", "router_trainable", "expert_trainable", "full_trainable", "expert_tensor_names",
+           "expert_param_index"]
 
 
 @dataclass
@@ -99,7 +104,9 @@ def router_param_names(lm) -> list[str]:
     names = []
     for layer in lm.spec.moe_layers:
         prefix = lm.spec.router_path(layer)
-        names += [f"{prefix}.{n}" for n, _ in lm.spec.router(lm.hf, layer).named_parameters()]
+        # DeepSeek-V3's remote code keeps the correction bias as a Parameter: left out for the same reason
+        names += [f"{prefix}.{n}" for n, _ in lm.spec.router(lm.hf, layer).named_parameters()
+                  if "correction_bias" not in n]
     return names
 
 
@@ -110,6 +117,36 @@ def expert_tensor_names(lm, layer: int) -> list[str]:
     # sorted: a canonical order (optimizer state and checkpoints are matched by position)
     return sorted(n for n, p in mod.named_parameters(recurse=False)
                   if p.dim() >= 1 and p.shape[0] == lm.spec.n_experts)
+
+
+def expert_param_index(lm, table: dict[int, list[int]]) -> dict[str, torch.Tensor | None]:
+    """Adapter index of CEFT on ``{layer: [expert ids]}``: fused tensors → ``[n]`` expert ids along dim 0;
+    per-expert modules (``experts_kind == "module_list"``) → their whole parameters (``None``)."""
+    index: dict[str, torch.Tensor | None] = {}
+    for layer, ids in sorted(table.items()):
+        if lm.spec.experts_kind == "module_list":
+            index.update((n, None) for n in _listed_expert_names(lm, layer, ids))
+        else:
+            for name in expert_tensor_names(lm, layer):
+                index[f"{lm.spec.experts_path(layer)}.{name}"] = torch.tensor(ids, dtype=torch.long)
+    return index
+
+
+def _listed_expert_names(lm, layer: int, ids: list[int]) -> list[str]:
+    """Dotted names in ``lm.hf`` of every parameter of experts ``ids`` of a ``module_list`` layer."""
+    experts = lm.spec.experts(lm.hf, layer)
+    return [f"{lm.spec.experts_path(layer)}.{e}.{n}" for e in ids for n, _ in experts[e].named_parameters()]
+
+
+def _needs_autograd(family: str, layer: int, expert: int):
+    """A forward hook refusing a chosen expert that the family's code runs without autograd in training mode
+    (an inference-only dispatch under ``torch.no_grad``): it would get no gradient and never change."""
+    def hook(module, args, output):
+        if module.training and not torch.is_grad_enabled():
+            raise NotImplementedError(f"{family}: layer {layer} runs expert {expert} under torch.no_grad in training mode "
+                               "(its remote code has an inference-only expert dispatch), so CEFT cannot train it; "
+                               "use the checkpoint's training-capable modeling code")
+    return hook
 
 
 @contextmanager
@@ -209,6 +246,17 @@ def expert_trainable(lm, experts):
     for layer, ids in table.items():
         for e in ids:
             lm.spec.check_expert(layer, e)
+    if lm.spec.experts_kind == "module_list":  # one module per expert: requires_grad on the chosen ones only
+        names = [n for layer, ids in sorted(table.items()) for n in _listed_expert_names(lm, layer, ids)]
+        handles = [lm.spec.experts(lm.hf, layer)[e].register_forward_hook(_needs_autograd(lm.spec.family, layer, e))
+                   for layer, ids in sorted(table.items()) for e in ids]
+        try:
+            with _whole(lm, names) as t:
+                yield t
+        finally:
+            for h in handles:
+                h.remove()
+        return
     registered: list[tuple[nn.Module, str]] = []
     orders: list[tuple[nn.Module, list[str]]] = []
     saved: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (base, idx, original rows)
