@@ -36,7 +36,7 @@ test-slow: setup
 
 # The figures and assets/demo_report.json from the project's code, then the README's headline table from that report.
 figures: setup
-	$(PY) -m routerlens_interp.figures --out assets --seed $(SEED)
+	$(PY) -m routerlens_interp.pipeline.figures --out assets --seed $(SEED)
 	$(PY) docs/hooks.py --readme
 
 # The architectures table (docs/architectures.md; counts in the README), generated from the family suite's results.

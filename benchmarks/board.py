@@ -87,8 +87,8 @@ def _changes(panel, repeats: int) -> dict[str, list[float]]:
 
 def run(repeats: int = 5, seed: int = 0) -> dict:
     import routerlens_interp as rl
-    from routerlens_interp.board import PanelView, board_figure
-    from routerlens_interp.widgets import AblationPanel
+    from routerlens_interp.board.view import PanelView, board_figure
+    from routerlens_interp.board.widgets import AblationPanel
 
     torch.set_num_threads(1)
     ex = rl.load_dataset("toy-conflict", split="test", limit=1)[0]

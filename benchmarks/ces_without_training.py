@@ -57,8 +57,8 @@ def main(argv=None) -> dict:
 
     import routerlens_interp as rl
     from routerlens_interp.ces import best_beta, spearman, steer
-    from routerlens_interp.cli import seed_everything
-    from routerlens_interp.demo import RECIPES
+    from routerlens_interp.cli.commands import seed_everything
+    from routerlens_interp.pipeline.demo import RECIPES
 
     torch.set_num_threads(1)
     seed_everything(args.seed)

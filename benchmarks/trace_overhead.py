@@ -61,7 +61,6 @@ def batch_examples(n: int = 8, T: int = 128, vocab: int = 4096, seed: int = 0):
 
 def run(repeats: int = 15, device: str = "cpu", warmup: int = 3, clock: str = "wall") -> dict:
     from routerlens_interp import mask_experts
-
     lm = build(device)
     enc = batch_examples()
     batch = lm.batch(enc)

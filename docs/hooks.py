@@ -27,10 +27,10 @@ README_START, README_END = "<!-- demo-table:start -->", "<!-- demo-table:end -->
 
 
 def _paper() -> dict:
-    """The paper's OLMoE / NQ-Swap EM per row of the table (``routerlens_interp.paper``)."""
+    """The paper's OLMoE / NQ-Swap EM per row of the table (``routerlens_interp.pipeline.paper``)."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    from routerlens_interp.paper import PAPER_NUMBERS
+    from routerlens_interp.pipeline.paper import PAPER_NUMBERS
 
     p = PAPER_NUMBERS[("OLMoE-1B-7B", "nq-swap")]
     em = lambda s: s.split("/")[0]

@@ -54,8 +54,8 @@ class MoEModel:
     @property
     def device(self) -> torch.device:
         """Where input ids go: the input embedding's device (with a device map, layers may sit elsewhere;
-        every reader moves what it records to where it accumulates, see :mod:`routerlens_interp.devices`)."""
-        from .devices import input_device
+        every reader moves what it records to where it accumulates, see :mod:`routerlens_interp.hooks.devices`)."""
+        from .hooks.devices import input_device
 
         return input_device(self.hf)
 
@@ -127,7 +127,7 @@ def load(name_or_path: str = "toy", device: str | torch.device | None = None, dt
     """
     from transformers import AutoTokenizer
 
-    from .loading import describe_quantization, load_config, loading_kwargs, quantization_request, refuse_quantization
+    from .arch.loading import describe_quantization, load_config, loading_kwargs, quantization_request, refuse_quantization
 
     if name_or_path == "toy-v1":
         name_or_path = "toy"

@@ -81,3 +81,7 @@ def pytest_collection_modifyitems(config, items):
     if test_browser._missing() is None:
         items.remove(nb)
         config.hook.pytest_deselected(items=[nb])
+
+# tests/remote_code/ holds modeling files of test models (loaded with trust_remote_code), not tests; their names
+# end in _test.py, which pytest would collect
+collect_ignore_glob = ["remote_code/*"]

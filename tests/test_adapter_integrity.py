@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import routerlens_interp as rl
-from routerlens_interp.cli import main
+from routerlens_interp.cli.commands import main
 from routerlens_interp.errors import IntegrityError
 from routerlens_interp.train.adapters import Adapter, ExpertAdapter, RouterAdapter, fingerprint
 from routerlens_interp.train.params import expert_tensor_names, router_param_names

@@ -204,7 +204,7 @@ def test_boost_zero_identical_and_large_selects(name):
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     (tmp_path / "e.json").write_text('{"0": [1]}')
     assert main(["steer", "--data", "toy-conflict", "--experts", str(tmp_path / "e.json"), "--betas", "0,x"]) == 2

@@ -51,7 +51,7 @@ def test_answer_tokens_follow_the_template(named_tok):
     assert enc.input_ids[enc.answer].tolist() == enc.answer_ids.tolist()
     # the target ends with the template's end-of-turn token, which is EOS for all three
     assert enc.input_ids[enc.end].tolist() == [tok.eos_token_id] and enc.end.tolist() == [len(enc.input_ids) - 1]
-    from routerlens_interp.prompt_target import end_of_turn_ids
+    from routerlens_interp.prompts.target import end_of_turn_ids
 
     assert end_of_turn_ids(tok) == [tok.eos_token_id]
 
@@ -66,7 +66,7 @@ def test_end_of_turn_token_other_than_eos():
     enc = encode(tok, EX, with_answer=True)
     assert enc.input_ids[enc.end].tolist() == [im_end]
     assert tok.decode(enc.answer_ids.tolist()) == "Rome"
-    from routerlens_interp.prompt_target import end_of_turn_ids
+    from routerlens_interp.prompts.target import end_of_turn_ids
 
     assert sorted(end_of_turn_ids(tok)) == sorted([tok.eos_token_id, im_end])
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
-from routerlens_interp.choice import encode_pair, loglikelihoods, render_choice  # noqa: E402
+from routerlens_interp.evaluation.choice import encode_pair, loglikelihoods, render_choice  # noqa: E402
 from routerlens_interp.errors import UserError  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
-from routerlens_interp.cli import main  # noqa: E402
+from routerlens_interp.cli.commands import main  # noqa: E402
 
 ROWS = [
     {"context": "Alice Smith was born in 1950 in Paris.", "question": "Where was Alice born?", "answer": "Paris",
@@ -72,7 +72,7 @@ def test_bad_input_is_a_clear_error(setup, capsys):
 
 def test_every_command_has_help():
     for cmd in ("demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze", "knockout"):
-        r = subprocess.run([sys.executable, "-m", "routerlens_interp.cli", cmd, "--help"], capture_output=True,
+        r = subprocess.run([sys.executable, "-m", "routerlens_interp.cli.commands", cmd, "--help"], capture_output=True,
                            text=True)
         assert r.returncode == 0 and "--seed" in r.stdout, cmd
 

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 from test_data_splits import PAPER, FakeHub  # noqa: E402
 
-import routerlens_interp.cli as cli  # noqa: E402
+import routerlens_interp.cli.commands as cli  # noqa: E402
 from routerlens_interp.data import load_dataset  # noqa: E402
 from routerlens_interp.errors import UserError  # noqa: E402
 
@@ -32,7 +32,7 @@ def no_model(monkeypatch):
     def load_model(*a, **k):
         calls.append(len(hub.calls))
         raise UserError("model loading reached")
-    monkeypatch.setattr(cli, "load_model", load_model)
+    monkeypatch.setattr("routerlens_interp.cli.common.load_model", load_model)
     return calls, hub
 
 

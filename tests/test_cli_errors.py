@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import routerlens_interp as rl
-from routerlens_interp import cli
-from routerlens_interp.cli import main
+from routerlens_interp.cli import commands as cli
+from routerlens_interp.cli.commands import main
 from routerlens_interp.errors import UserError
 from routerlens_interp.model import TOY_DIR
 
@@ -72,7 +72,7 @@ def experts_json(tmp_path_factory):
     (["evaluate", "--data", "toy-open", "--seed", "-1"], "--seed"),
 ])
 def test_numbers_refused_at_the_command_line(argv, flag, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the command ran"))
+    monkeypatch.setattr("routerlens_interp.cli.common.load_model", lambda *a, **k: pytest.fail("the command ran"))
     with pytest.raises(SystemExit) as e:
         main(argv)
     err = capsys.readouterr().err
@@ -122,7 +122,7 @@ def test_damaged_counts_file(tmp_path, capsys):
 
 
 def test_out_is_a_directory_or_a_file(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("refused only after loading the model"))
+    monkeypatch.setattr("routerlens_interp.cli.common.load_model", lambda *a, **k: pytest.fail("refused only after loading the model"))
     one_line_error(capsys, ["count", "--data", "toy-open", "--out", tmp_path], str(tmp_path), "is a directory")
     f = tmp_path / "a_file"
     f.write_text("x")
@@ -271,7 +271,7 @@ def test_attention_gain_says_why_aag_is_nan():
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
+    monkeypatch.setattr("routerlens_interp.cli.common.load_model", lambda *a, **k: pytest.fail("the model was loaded first"))
     one_line_error(capsys, ["evaluate", "--data", "no-such-data-set"], "unknown data set 'no-such-data-set'")
     one_line_error(capsys, ["count", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "c.st"],
                    "no such data file")

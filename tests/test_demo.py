@@ -15,7 +15,7 @@ KEYS = {"base", "router_tuned", "masked_ce", "masked_random", "ceft", "fft", "ba
 
 
 def test_fast_demo_writes_report_and_figures(tmp_path):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     model = tmp_path / "model"  # a retrained toy model is a directory like this one
     shutil.copytree(TOY_DIR, model, ignore=shutil.ignore_patterns("*.md", "*.jsonl"))
@@ -45,7 +45,7 @@ def test_fast_demo_writes_report_and_figures(tmp_path):
 @pytest.mark.slow
 def test_full_demo_shows_the_papers_findings(tmp_path):
     """The thresholds of issue 6 on toy-conflict test (never loosened: a failure is a finding)."""
-    from routerlens_interp.demo import run_demo
+    from routerlens_interp.pipeline.demo import run_demo
 
     r = run_demo(tmp_path, seed=826, png=False)
     base, rt, ce, rnd = r["base"], r["router_tuned"], r["masked_ce"], r["masked_random"]

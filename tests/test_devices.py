@@ -1,4 +1,4 @@
-"""Models spread over devices (``device_map``): the device rule (``routerlens_interp.devices``), every reader,
+"""Models spread over devices (``device_map``): the device rule (``routerlens_interp.hooks.devices``), every reader,
 edit, mask, trainer and metric through accelerate's dispatch hooks, and a real CUDA + CPU placement.
 
 What each test proves:
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import routerlens_interp as rl
-from routerlens_interp.devices import index_device, input_device, output_device, spread, to_acc
+from routerlens_interp.hooks.devices import index_device, input_device, output_device, spread, to_acc
 
 EX = [rl.QAExample(context="Alice Smith was born in Paris.", question="Where was Alice Smith born?", answers=["Paris"]),
       rl.QAExample(context="Bob Jones lives in Rome. He is a painter.", question="Where does Bob Jones live?",
@@ -56,8 +56,7 @@ def test_device_rule_helpers(load_tiny):
 def test_count_moves_every_record_to_its_accumulator(load_tiny, monkeypatch):
     """Each router record (logits, indices, weights) of every MoE layer goes through the one move before it is
     accumulated (a guard: on a CPU the move is a no-op, so only the call itself can be checked here)."""
-    from routerlens_interp import counting
-
+    from routerlens_interp.analysis import counting
     lm = load_tiny("olmoe")
     calls = []
     monkeypatch.setattr(counting, "to_acc", lambda x, acc: calls.append((tuple(x.shape), acc.dtype)) or to_acc(x, acc))

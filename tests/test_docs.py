@@ -58,7 +58,7 @@ def directives() -> dict[str, object]:
 def public_object(name: str):
     """What ``rl.<name>`` is, read from its defining module (``rl.trace`` is a callable module; use the function)."""
     if name in ("plot", "widgets"):
-        return importlib.import_module(f"routerlens_interp.{name}")
+        return importlib.import_module(rl._EXPORTS[name], "routerlens_interp")
     mod = importlib.import_module(rl._EXPORTS[name], "routerlens_interp")
     return getattr(mod, name)
 

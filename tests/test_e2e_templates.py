@@ -7,7 +7,7 @@ import json
 import pytest
 
 import chat_templates as ct
-from routerlens_interp.cli import main
+from routerlens_interp.cli.commands import main
 
 
 def run(capsys, *argv):

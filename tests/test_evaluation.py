@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
-from routerlens_interp.evaluation import generate, stop_token_ids  # noqa: E402
+from routerlens_interp.evaluation.generate import generate, stop_token_ids  # noqa: E402
 
 DATA = [
     rl.QAExample("Alice Smith was born in 1950 in Paris.", "Where was Alice born?", ["Paris"], memory_answer="Rome"),
@@ -130,7 +130,7 @@ def test_generation_leaves_room_for_the_new_tokens(load_tiny, monkeypatch):
 
 
 def test_evaluate_scores_match_metrics(lm, monkeypatch):
-    import routerlens_interp.evaluation as ev
+    import routerlens_interp.evaluation.generate as ev
 
     fake = ["paris", "the Rome", "Dan", "London"]
     monkeypatch.setattr(ev, "generate", lambda *a, **k: list(fake))

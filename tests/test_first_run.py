@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from routerlens_interp import plot_export
+from routerlens_interp.plot import export as plot_export
 from routerlens_interp.model import TOY_DIR
 
 needs_toy = pytest.mark.skipif(not (TOY_DIR / "config.json").exists(), reason="bundled toy weights not present")
@@ -40,7 +40,6 @@ def test_png_unavailable_without_browser(no_browser):
 def test_auto_writes_html_when_the_found_browser_fails(tmp_path, monkeypatch):
     import kaleido
     from routerlens_interp import plot as P
-
     monkeypatch.setattr(plot_export, "png_unavailable", lambda: None)  # "found" (e.g. an empty file over it)
     monkeypatch.setattr(plot_export, "_png_note_shown", False)
 
@@ -57,7 +56,7 @@ def test_auto_writes_html_when_the_found_browser_fails(tmp_path, monkeypatch):
 
 
 def test_png_demanded_without_browser_fails_before_any_work(tmp_path, no_browser, capsys, monkeypatch):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
     import routerlens_interp as rl
 
     def no_load(*a, **k):
@@ -78,7 +77,7 @@ def test_png_demanded_without_browser_fails_before_any_work(tmp_path, no_browser
 def test_demo_without_browser_writes_report_and_html(tmp_path, no_browser, capsys):
     """The demo's report and figure stage with the browser hidden: report.json + every figure as HTML, exit 0,
     one note saying how to get PNGs."""
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     model = tmp_path / "model"
     shutil.copytree(TOY_DIR, model, ignore=shutil.ignore_patterns("*.md", "*.jsonl"))

@@ -129,7 +129,7 @@ def test_generate_until_and_rolling_match_direct_decoding(setup):
 
 def test_unknown_task_is_a_clear_error(setup):
     lm, path = setup
-    import routerlens_interp.lmeval  # noqa: F401  (importing the module must not shadow the function)
+    import routerlens_interp.evaluation.lmeval  # noqa: F401  (importing the module must not shadow the function)
 
     assert rl.harness.__name__ == "harness" and callable(rl.harness)
     with pytest.raises(UserError, match="unknown lm-eval task"):
@@ -160,7 +160,7 @@ def test_lm_evals_own_mmlu_task_equals_rl_choice_accuracy(setup, monkeypatch):
     test, dev = rl.load_dataset(fix / "mmlu_test.jsonl"), rl.load_dataset(fix / "mmlu_dev.jsonl")
     with pytest.warns(UserWarning):  # the tiny model's 128-token window cuts both the same way
         mine = rl.choice_accuracy(lm, test, shots=5, fewshot=dev)
-    from routerlens_interp.choice import render_choice
+    from routerlens_interp.evaluation.choice import render_choice
 
     assert samples[0]["arguments"][0][0] == render_choice(test[0], dev)[0]
     for s, lps in zip(samples, mine["logprobs"]):

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from families import cases
-from routerlens_interp.cli import main
-from routerlens_interp.cli_inspect import ranges
+from routerlens_interp.cli.commands import main
+from routerlens_interp.cli.inspect import ranges
 
 CASES = cases()
 

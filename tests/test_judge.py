@@ -6,7 +6,7 @@ import torch
 
 import routerlens_interp as rl
 from routerlens_interp.errors import UserError
-from routerlens_interp.judge import JUDGE_PROMPT, judge_prompt, parse_verdict
+from routerlens_interp.evaluation.judge import JUDGE_PROMPT, judge_prompt, parse_verdict
 
 DATA = [rl.QAExample("Alice Smith was born in Paris.", "Where was Alice Smith born?", ["Paris"]),
         rl.QAExample("Bob lives in Rome.", "Where does Bob live?", ["Rome"]),
@@ -74,7 +74,7 @@ def test_bundled_model_as_generating_judge_keeps_raw_text(toy):
 
 
 def test_evaluate_with_judge_adds_acc_llm(toy, monkeypatch):
-    import routerlens_interp.evaluation as ev
+    import routerlens_interp.evaluation.generate as ev
 
     monkeypatch.setattr(ev, "generate", lambda *a, **k: list(PREDS))
     s = rl.evaluate(toy, DATA, judge=stub)

@@ -8,9 +8,9 @@ import torch
 
 import routerlens_interp as rl
 from routerlens_interp import model as model_mod
-from routerlens_interp.cli import build_parser, main
+from routerlens_interp.cli.commands import build_parser, main
 from routerlens_interp.errors import UserError
-from routerlens_interp.loading import loading_kwargs, parse_device_map
+from routerlens_interp.arch.loading import loading_kwargs, parse_device_map
 
 LOADING = ["evaluate", "count", "tune-router", "ceft", "finetune", "analyze", "knockout", "attribute", "contrast",
            "steer", "inspect"]
@@ -49,9 +49,8 @@ def test_every_loading_command_lists_the_loading_options(command):
     (["--device-map", "everywhere"], "--device-map"),
 ])
 def test_bad_loading_options_exit_2_before_loading(argv, flag, capsys, monkeypatch):
-    from routerlens_interp import cli
-
-    monkeypatch.setattr(cli, "load_model", lambda *a, **k: pytest.fail("the command ran"))
+    from routerlens_interp.cli import commands as cli
+    monkeypatch.setattr("routerlens_interp.cli.common.load_model", lambda *a, **k: pytest.fail("the command ran"))
     with pytest.raises(SystemExit) as e:
         main(["evaluate", "--data", "toy-open", *argv])
     err = capsys.readouterr().err

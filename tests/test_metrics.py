@@ -2,7 +2,7 @@
 import pytest
 
 from routerlens_interp.examples import QAExample
-from routerlens_interp.metrics import aggregate, em_f1, normalize_answer
+from routerlens_interp.evaluation.metrics import aggregate, em_f1, normalize_answer
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -3,7 +3,7 @@ import pytest
 
 import routerlens_interp as rl
 from routerlens_interp.errors import UserError
-from routerlens_interp.metrics_text import METEOR_STAGES_FULL, METEOR_STAGES_NO_WORDNET, wordnet_available
+from routerlens_interp.evaluation.text_metrics import METEOR_STAGES_FULL, METEOR_STAGES_NO_WORDNET, wordnet_available
 
 
 def test_bleu_is_sacrebleus_readme_example():

@@ -18,9 +18,10 @@ import torch
 
 import tiny
 import routerlens_interp as rl
-from routerlens_interp import cli_ces, outdir
-from routerlens_interp.cli import main
-from routerlens_interp.counting import ExpertCounts
+from routerlens_interp.cli import ces as cli_ces
+from routerlens_interp.train import outdir
+from routerlens_interp.cli.commands import main
+from routerlens_interp.analysis.counting import ExpertCounts
 from routerlens_interp.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,7 +106,8 @@ def _no_work(monkeypatch):
     def work(*a, **k):
         raise AssertionError("the command started its work")
 
-    from routerlens_interp import cli, demo
+    from routerlens_interp.cli import commands as cli
+    from routerlens_interp.pipeline import demo
     monkeypatch.setattr(cli, "_model_and_data", work)
     monkeypatch.setattr(cli_ces, "_setup", work)
     monkeypatch.setattr(demo, "run_demo", work)
@@ -115,7 +117,7 @@ def _no_work(monkeypatch):
 @contextlib.contextmanager
 def holder(path, is_dir: bool):
     """Another process that holds the output lock of ``path`` until the block ends; yields it."""
-    code = ("import sys; from routerlens_interp.outdir import locked\n"
+    code = ("import sys; from routerlens_interp.train.outdir import locked\n"
             f"with locked({str(path)!r}, {is_dir}, what='routerlens holder'):\n"
             "    print('locked', flush=True); sys.stdin.read()\n")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, text=True)
@@ -154,7 +156,7 @@ def test_two_real_tune_router_runs_on_one_out(setup, tmp_path, capsys):
     out = tmp_path / "same"
     argv = argv_for("tune-router", setup, out)
     argv[argv.index("--max-steps") + 1] = "40"
-    first = subprocess.Popen([sys.executable, "-m", "routerlens_interp.cli", *map(str, argv), "--threads", "1"],
+    first = subprocess.Popen([sys.executable, "-m", "routerlens_interp.cli.commands", *map(str, argv), "--threads", "1"],
                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = out / outdir.LOCK_NAME
     deadline = time.time() + 120
@@ -191,7 +193,7 @@ def test_a_stale_lock_file_in_an_output_directory(tmp_path, capsys, monkeypatch)
     out, pid = tmp_path / "demo", _dead_pid()
     out.mkdir()
     (out / outdir.LOCK_NAME).write_text(f"{pid}\nrouterlens demo\n")
-    from routerlens_interp import demo
+    from routerlens_interp.pipeline import demo
     monkeypatch.setattr(demo, "run_demo", lambda out, **k: (out / "report.json").write_text("{}") and {})
     code, _, err = run(capsys, ["demo", "--out", out])
     assert code == 0 and len(err) == 1 and f"taking over the lock left by PID {pid}" in err[0], err
@@ -212,7 +214,7 @@ def test_the_other_processes_of_a_multi_process_launch_leave_the_lock_to_the_fir
     the others still refuse an earlier result."""
     from argparse import Namespace
 
-    from routerlens_interp.cli_checks import claim_out, outputs_held
+    from routerlens_interp.cli.checks import claim_out, outputs_held
 
     args = Namespace(command="tune-router", overwrite=False, resume=False)
     monkeypatch.setenv("RANK", "1")
@@ -264,7 +266,7 @@ def test_a_finished_output_is_refused_kept_byte_identical_and_overwritten_on_req
     if cmd == "contrast":
         argv += ["--experts-out", out.with_name("experts_out.json")]
     if cmd == "demo":  # the real demo takes minutes: it writes its report through this
-        from routerlens_interp import demo
+        from routerlens_interp.pipeline import demo
         monkeypatch.setattr(demo, "run_demo", lambda out, seed, **k: (out / "report.json").write_text(str(seed)) and {})
     code, _, err = run(capsys, argv)
     assert code == 0, err
@@ -318,7 +320,7 @@ def test_any_file_in_an_output_directory_counts(setup, tmp_path, capsys, monkeyp
 
 
 def test_every_writing_command_documents_overwrite():
-    from routerlens_interp.cli import build_parser
+    from routerlens_interp.cli.commands import build_parser
 
     sub = next(a for a in build_parser()._actions if a.choices and "demo" in a.choices).choices
     for cmd in COMMANDS:
@@ -351,7 +353,7 @@ def test_cli_warnings_are_one_line_each_and_known_harmless_ones_hidden(setup, tm
     data.write_text(json.dumps(long) + "\n" + json.dumps(long) + "\n")
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"experts": {}}))
-    argv = [sys.executable, "-m", "routerlens_interp.cli", "evaluate", "--model", str(model), "--data", str(data),
+    argv = [sys.executable, "-m", "routerlens_interp.cli.commands", "evaluate", "--model", str(model), "--data", str(data),
             "--mask", str(empty), "--max-new-tokens", "2", "--batch-size", "1"]
     r = subprocess.run(argv, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -383,7 +385,7 @@ def test_library_log_warnings_become_one_line_even_when_imported_later():
     """transformers / datasets / huggingface_hub add their own stderr handler when first imported, which
     the CLI does in the middle of a command: that handler is replaced too, and put back afterwards."""
     code = ("import logging, warnings\n"
-            "from routerlens_interp.cli_warnings import one_line_warnings\n"
+            "from routerlens_interp.cli.messages import one_line_warnings\n"
             "with one_line_warnings('x'):\n"
             "    from transformers.utils import logging as hf\n"
             "    hf.get_logger('transformers.foo').warning('first line\\nsecond line')\n"

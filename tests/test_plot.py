@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from routerlens_interp import plot as P
-from routerlens_interp.plot_export import clean_token
+from routerlens_interp.plot.export import clean_token
 
 
 class FakeExpertSet:
@@ -291,7 +291,7 @@ def test_save_figures_html_only(tmp_path):
 
 def test_save_figures_missing_chromium_message(tmp_path, monkeypatch):
     import kaleido
-    from routerlens_interp import plot_export
+    from routerlens_interp.plot import export as plot_export
     from choreographer.errors import ChromeNotFoundError
 
     def boom(*a, **k):

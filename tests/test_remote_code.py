@@ -304,8 +304,8 @@ def test_ceft_trains_only_the_chosen_experts(minicpm, tmp_path):
 @pytest.mark.parametrize("mode", ["reroute", "zero"])
 def test_board_and_evaluate_under_a_mask(minicpm, mode):
     """The live-ablation panel and generation (EM/F1) run the remote-code model through the same masks."""
-    from routerlens_interp.evaluation import generate
-    from routerlens_interp.widgets import AblationPanel
+    from routerlens_interp.evaluation.generate import generate
+    from routerlens_interp.board.widgets import AblationPanel
 
     mask = {1: [0, 3]}
 

@@ -21,7 +21,7 @@ import torch
 
 import routerlens_interp as rl
 from routerlens_interp import safe_state
-from routerlens_interp.cli import main
+from routerlens_interp.cli.commands import main
 from routerlens_interp.errors import TrainingInterrupted, UserError
 from routerlens_interp.train import loop
 from test_train import DEV, TRAIN
@@ -143,7 +143,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_one_and_saves_the_adapter(
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "routerlens_interp.cli", "tune-router", "--model", "toy", *map(str, args)]
+    return [sys.executable, "-m", "routerlens_interp.cli.commands", "tune-router", "--model", "toy", *map(str, args)]
 
 
 def test_sigterm_of_the_cli_then_resume_is_bit_identical(tmp_path, capsys):

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from routerlens_interp.model import TOY_DIR
-from routerlens_interp.paper import PAPER_NUMBERS, paper_key, paper_numbers, paper_recipe
+from routerlens_interp.pipeline.paper import PAPER_NUMBERS, paper_key, paper_numbers, paper_recipe
 from routerlens_interp.train import TrainConfig
 
 needs_toy = pytest.mark.skipif(not (TOY_DIR / "config.json").exists(), reason="bundled toy weights not present")
@@ -41,7 +41,7 @@ def test_paper_recipe():
 
 @needs_toy
 def test_tune_router_recipe_flag(tmp_path):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     for recipe, lr, bs in (("toy", 1e-2, 16), ("paper", 5e-4, 8)):
         out = tmp_path / recipe
@@ -57,7 +57,7 @@ def test_tune_router_recipe_flag(tmp_path):
 
 @needs_toy
 def test_run_on_the_bundled_model(tmp_path, capsys):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     out = tmp_path / "run"
     assert main(["run", "--max-steps", "2", "--train-limit", "16", "--n-dev", "8", "--n-test", "8", "--n-count", "8",
@@ -74,7 +74,7 @@ def test_run_on_the_bundled_model(tmp_path, capsys):
 
 
 def test_run_needs_data_for_other_models(tmp_path, capsys):
-    from routerlens_interp.cli import main
+    from routerlens_interp.cli.commands import main
 
     assert main(["run", "--model", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

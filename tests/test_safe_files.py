@@ -17,8 +17,8 @@ import torch
 
 import routerlens_interp as rl
 from routerlens_interp import safe_state
-from routerlens_interp.cli import main
-from routerlens_interp.counting import ExpertCounts
+from routerlens_interp.cli.commands import main
+from routerlens_interp.analysis.counting import ExpertCounts
 from routerlens_interp.errors import UserError
 from test_train import DEV, TRAIN
 

@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
-from routerlens_interp.cli import main  # noqa: E402
+from routerlens_interp.cli.commands import main  # noqa: E402
 from routerlens_interp.errors import UserError  # noqa: E402
 
 FIX = Path(__file__).parent / "fixtures"
@@ -30,7 +30,7 @@ def lm(model_dir):
 
 
 def test_gigaword_is_scored_with_bleu_meteor_rouge(lm, monkeypatch):
-    import routerlens_interp.evaluation as ev
+    import routerlens_interp.evaluation.generate as ev
 
     data = rl.load_dataset(FIX / "gigaword.jsonl")
     preds = ["nec in computer sales tie-up", "sri lanka shuts schools", "french ship targeted"]
@@ -47,7 +47,7 @@ def test_gigaword_is_scored_with_bleu_meteor_rouge(lm, monkeypatch):
 
 
 def test_counterfact_is_scored_as_qa_with_memory_rate(lm, monkeypatch):
-    import routerlens_interp.evaluation as ev
+    import routerlens_interp.evaluation.generate as ev
 
     data = rl.load_dataset(FIX / "counterfact.json")
     monkeypatch.setattr(ev, "generate", lambda *a, **k: ["English", "Christianity", "guitar"])

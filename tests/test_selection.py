@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from routerlens_interp.counting import ExpertCounts
-from routerlens_interp.selection import (ExpertSet, expert_scores, grown_experts, random_experts,
+from routerlens_interp.analysis.counting import ExpertCounts
+from routerlens_interp.analysis.selection import (ExpertSet, expert_scores, grown_experts, random_experts,
                                          select_experts)
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import routerlens_interp as rl
-from routerlens_interp.arch import NotMoEError, inspect_model, route
+from routerlens_interp.arch import NotMoEError, inspect_model
+from routing_oracle import route  # the hand-written routing rules (a test oracle)
 
 # Independent expectations, read off tests/tiny.py's configs by hand.
 EXPECTED = {

@@ -85,7 +85,7 @@ def test_memory_answers_are_the_memorised_facts():
 def test_prompts_are_short_and_pretraining_has_no_conflicts():
     from transformers import PreTrainedTokenizerFast
 
-    from routerlens_interp.templates import plain_prompt
+    from routerlens_interp.prompts.templates import plain_prompt
     from routerlens_interp.toy.corpus import DocSampler
 
     if not (WEIGHTS_DIR / "tokenizer.json").exists():

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402
 
 import routerlens_interp as rl  # noqa: E402
-from routerlens_interp.board import fmt_p  # noqa: E402
-from routerlens_interp.evaluation import generate  # noqa: E402
-from routerlens_interp.widgets import AblationPanel, default_presets, describe_change  # noqa: E402
+from routerlens_interp.board.view import fmt_p  # noqa: E402
+from routerlens_interp.evaluation.generate import generate  # noqa: E402
+from routerlens_interp.board.widgets import AblationPanel, default_presets, describe_change  # noqa: E402
 
 EX = rl.QAExample(context="Alice Smith was born in 1950 in Paris. She works as a baker.",
                   question="Where was Alice Smith born?", answers=["Paris"])

@@ -15,10 +15,9 @@ import inspect as inspect_sig
 import torch
 from torch import nn
 
-from .routing import ROUTING_FUNCTIONS
 from .spec import MoESpec
 
-# model_type → name of its routing rule in arch/routing.py (the hand-written rules the tests compare with).
+# model_type → name of its routing rule in tests/routing_oracle.py (the hand-written rules the tests compare with).
 KNOWN_FAMILIES = {
     "olmoe": "softmax_topk",
     "mixtral": "softmax_topk",

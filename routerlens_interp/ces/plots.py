@@ -7,7 +7,7 @@ import numpy as np
 import plotly.graph_objects as go
 
 from ..plot import _layer_expert_heatmap, _outline
-from ..plot_style import COLORS, DIV_SCALE, _np, _style
+from ..plot.style import COLORS, DIV_SCALE, _np, _style
 
 _LABELS = {"attribution": "estimated drop when masked", "effect_zero": "drop when masked (zero)",
            "effect_reroute": "drop when masked (reroute)", "contrast_last": "selection rate, open − closed book",

@@ -1,6 +1,6 @@
 """A score per (MoE layer, expert): the result type of attribution, exact masking effects and routing contrast.
 
-:class:`ExpertScores` has the shape of :class:`~routerlens_interp.counting.ExpertCounts` (a ``[L, E]``
+:class:`ExpertScores` has the shape of :class:`~routerlens_interp.analysis.counting.ExpertCounts` (a ``[L, E]``
 tensor plus the decoder-layer id of each row), so ``select_experts``, the heatmaps and the live board
 take it as they take counts. Files are safetensors (the tensor) with the rest as JSON in the header:
 nothing is unpickled.

@@ -79,7 +79,7 @@ def steer(lm, experts, betas, conflict, open_book=None, memory=None, batch_size:
 
     Returns one dict per β: ``beta, em, f1, memory_rate, open_em, recall, seconds``.
     """
-    from ..evaluation import evaluate
+    from ..evaluation.generate import evaluate
 
     rows = []
     for beta in betas:

@@ -17,13 +17,13 @@ files of the same schema always work):
   (``data/1-proverb-ending.csv`` …). A record: ``prompt``, ``classes`` (two endings, a Python-literal
   string on the hub and in the CSVs, e.g. ``"[' heavy.', ' fonder.']"``), ``answer_index`` (the ending
   the prompt asks for — never the memorised one). Scored by comparing the endings' log-likelihoods after the
-  prompt (:mod:`routerlens_interp.choice`), as the Inverse Scaling Prize and lm-eval's task do.
+  prompt (:mod:`routerlens_interp.evaluation.choice`), as the Inverse Scaling Prize and lm-eval's task do.
 - **Gigaword** (Rush et al., 2015; article → headline): hub ``Harvard/gigaword`` read from its parquet
   export (``revision="refs/convert/parquet"``: the main branch holds a loading script, which ``datasets`` ≥ 4
   no longer runs); splits ``train`` / ``validation`` / ``test`` (1,951). A record: ``document``,
   ``summary``. Turned into QA examples with the article as context and :data:`SUMMARY_QUESTION` as
   question (so the paper's prompt, chat template and greedy decoding apply); scored with BLEU, METEOR and
-  ROUGE-L (:mod:`routerlens_interp.metrics_text`).
+  ROUGE-L (:mod:`routerlens_interp.evaluation.text_metrics`).
 - **MMLU** (Hendrycks et al., 2021): hub ``cais/mmlu``, config ``all`` or one subject (``abstract_algebra``
   …); splits ``test`` (14,042 in ``all``), ``validation``, ``dev`` (5 per subject: the 5-shot examples),
   ``auxiliary_train``. A record: ``question``, ``subject``, ``choices`` (4 strings), ``answer`` (int 0–3).

@@ -34,7 +34,7 @@ def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
     spec = lm.spec
     if spec.lens is not None:
         raise ValueError(f"the logit lens is off for this {spec.family} model: {spec.lens}")
-    from ..devices import module_device
+    from .devices import module_device
 
     norm, unembed = spec.final_norm(lm.hf), spec.unembed(lm.hf)
     h = norm(h.to(module_device(norm, h.device)))  # each module's input on its own device (device maps)

@@ -66,7 +66,7 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
                            f"({type(old).__name__} {tuple(getattr(old, 'shape', ()))}); it supports additive or "
                            f"boolean [.., T, T] masks")
 
-    from ..devices import module_device
+    from ..hooks.devices import module_device
 
     def on(dev):
         if dev not in on_device:

@@ -25,7 +25,7 @@ def normalize_mask(spec, experts: Mapping[int, list[int]], mode: str = "reroute"
     """Validate ``{layer: [expert, ...]}`` against ``spec`` → a clean dict of sorted unique ids."""
     if mode not in MODES:
         raise ValueError(f"unknown masking mode {mode!r}; use one of {MODES}")
-    from ..selection import _expert_id, _layer_key  # int() would turn 1.5 or True into expert 1
+    from .ids import _expert_id, _layer_key  # int() would turn 1.5 or True into expert 1
 
     items = experts.items() if hasattr(experts, "items") else experts
     clean: dict[int, list[int]] = {}

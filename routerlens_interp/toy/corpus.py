@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 
-from routerlens_interp.templates import plain_prompt, plain_target
+from routerlens_interp.prompts.templates import plain_prompt, plain_target
 from routerlens_interp.toy.data import make_bound_context, make_context
 from routerlens_interp.toy.world import (ATTRIBUTES, EXTRA_ATTRIBUTES, VALUES, World, fact_sentence,
                                          question_text, random_facts)

@@ -11,7 +11,7 @@ import string
 
 import torch
 
-from routerlens_interp.templates import plain_prompt
+from routerlens_interp.prompts.templates import plain_prompt
 
 
 _PUNCT = set(string.punctuation)

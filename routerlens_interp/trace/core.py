@@ -144,7 +144,7 @@ def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Te
 
     Returns ``[B, L]`` probability of each target after each layer.
     """
-    from ..devices import module_device
+    from ..hooks.devices import module_device
     from ..hooks import lens_logits
 
     # a device map leaves each layer's residual on its own device: join them where the final norm runs

@@ -359,8 +359,8 @@ class ExpertAdapter(Adapter):
 
     @property
     def experts(self):
-        """The :class:`~routerlens_interp.selection.ExpertSet` that was trained."""
-        from ..selection import ExpertSet
+        """The :class:`~routerlens_interp.analysis.selection.ExpertSet` that was trained."""
+        from ..analysis.selection import ExpertSet
 
         return ExpertSet(self.manifest.get("experts", {}))
 

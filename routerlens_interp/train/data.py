@@ -20,7 +20,7 @@ __all__ = ["Item", "prepare", "data_hash", "global_batch", "shard", "collate", "
 @dataclass
 class Item:
     """One training example: ``input_ids [T]`` (prompt + answer + the end-of-turn token: the template's, or
-    EOS without one; see :mod:`routerlens_interp.prompt_target`) and ``prompt_len``."""
+    EOS without one; see :mod:`routerlens_interp.prompts.target`) and ``prompt_len``."""
 
     input_ids: torch.Tensor
     prompt_len: int

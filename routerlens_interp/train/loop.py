@@ -146,7 +146,7 @@ def _takes_logits_to_keep(cls: type) -> bool:
 def _forward_loss(model, hf, mb: dict) -> torch.Tensor:
     """Summed answer-token loss of one micro-batch; the LM head runs only at the answer positions when
     the model's forward takes ``logits_to_keep`` (transformers' causal LMs do), else on every position."""
-    from ..devices import index_device
+    from ..hooks.devices import index_device
 
     keep = {}
     if _takes_logits_to_keep(type(hf)):

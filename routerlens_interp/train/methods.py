@@ -16,7 +16,7 @@ from .adapters import ExpertAdapter, FullAdapter, RouterAdapter, fingerprint
 from .config import TrainConfig
 from .data import prepare
 from ..errors import UserError
-from ..outdir import locked
+from .outdir import locked
 from .loop import CheckpointWriteError, make_accelerator, train
 from .params import (expert_param_index, expert_trainable, full_trainable, router_param_names,
                      router_trainable)
@@ -112,7 +112,7 @@ def ceft(lm, train, dev=None, *, experts, config: TrainConfig | dict | None = No
     transformers' default ``grouped_mm`` experts implementation.
 
     Args:
-        experts: :class:`~routerlens_interp.selection.ExpertSet` or ``{layer: [expert ids]}``.
+        experts: :class:`~routerlens_interp.analysis.selection.ExpertSet` or ``{layer: [expert ids]}``.
         others: as :func:`tune_router`.
 
     Returns an :class:`ExpertAdapter` holding ``[n_selected, ...]`` slices per tensor.

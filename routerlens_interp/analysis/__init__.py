@@ -1,0 +1,1 @@
+"""Pure functions of traces and routing records: expert counting, CE selection, CAG/AAG/APG, attention knockout."""

@@ -1,0 +1,1 @@
+"""The live-ablation panel (the expert board): state, view, widget."""

@@ -1,0 +1,165 @@
+"""``routerlens attribute | contrast | steer``: context-faithful experts without training, from a shell.
+
+Registered by :func:`add_parsers` from ``cli.build_parser``. User errors are :class:`~.errors.UserError`
+(one line, exit 2).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import ExitStack
+from pathlib import Path
+
+from .checks import add_overwrite, claim_out
+from ..errors import UserError
+
+
+def _setup(args, default_split: str = "test"):
+    import routerlens_interp as rl
+    from .common import _load
+    from ..data import default_split as split_for
+
+    data = rl.load_dataset(args.data, split=split_for(args.data, args.split, default_split), limit=args.limit)
+    return _load(args), data
+
+
+def _emit(args, obj: dict, human: str) -> None:
+    print(json.dumps(obj, default=float) if args.json else human)
+
+
+def _top_lines(scores, n: int = 10) -> str:
+    return "\n".join(f"  layer {l:>3} expert {e:>4}  {v:+.4f}" for l, e, v in scores.top(n))
+
+
+def cmd_attribute(args) -> None:
+    import routerlens_interp as rl
+
+    claim_out(args, args.out, is_dir=False, example="scores.safetensors")
+    if args.exact:
+        claim_out(args, _exact_path(args), is_dir=False, flag="--exact's scores file")
+    lm, data = _setup(args)
+    with ExitStack() as st:
+        if args.adapter:
+            st.enter_context(rl.load_adapter(args.adapter).applied(lm))
+        s = rl.attribute_experts(lm, data, metric=args.metric, tokens=args.tokens, batch_size=args.batch_size,
+                                 progress=not args.json)
+        exact = (rl.expert_effects(lm, data, mode=args.exact, metric=args.metric, tokens=args.tokens,
+                                   batch_size=args.batch_size, progress=not args.json) if args.exact else None)
+    s.meta.update(data=args.data, seed=args.seed)
+    s.save(args.out)
+    out = {"out": args.out, "metric": args.metric, "base": s.base, "n": s.n_examples, "seconds": s.meta["seconds"],
+           "top": [{"layer": l, "expert": e, "score": v} for l, e, v in s.top(args.top)]}
+    human = (f"{args.metric} = {s.base:.4f} on {s.n_examples} examples; largest estimated drops when masked:\n"
+             + _top_lines(s, args.top))
+    if exact is not None:
+        from ..ces import spearman
+
+        exact.save(_exact_path(args))
+        a, e = s.scores.reshape(-1), exact.scores.reshape(-1)
+        top = a.argsort(descending=True)[:50]
+        out.update(spearman_all=spearman(a, e), spearman_top50=spearman(a[top], e[top]),
+                   exact_seconds=exact.meta["seconds"])
+        human += (f"\nSpearman(estimate, exact {args.exact} masking): all {out['spearman_all']:.3f}, "
+                  f"top 50 {out['spearman_top50']:.3f}")
+    _emit(args, out, human + f"\n→ {args.out} (select CEs with rl.select_experts(rl.ExpertScores.load(...), n=8))")
+
+
+def _exact_path(args) -> Path:
+    """Where ``attribute --exact`` writes the exact masking effects: next to ``--out``."""
+    return Path(args.out).with_suffix(f".exact_{args.exact}.safetensors")
+
+
+def cmd_contrast(args) -> None:
+    import routerlens_interp as rl
+
+    claim_out(args, args.out, is_dir=False, example="scores.safetensors")
+    claim_out(args, args.experts_out, is_dir=False, flag="--experts-out", example="experts.json")
+    lm, data = _setup(args)
+    c = rl.routing_contrast(lm, data, batch_size=args.batch_size, progress=not args.json)
+    s = c.last if args.span == "last" else c.context
+    s.meta.update(data=args.data, seed=args.seed)
+    s.save(args.out)
+    ces = None
+    if args.experts_out:
+        ces = rl.select_experts(s, n=args.n)
+        ces.meta.update(method=f"contrast_{args.span}")
+        ces.save(args.experts_out)
+    out = {"out": args.out, "span": args.span, "n": s.n_examples, "n_tokens": c.n_tokens,
+           "top": [{"layer": l, "expert": e, "score": v} for l, e, v in s.top(args.top)],
+           "experts": json.loads(ces.to_json())["experts"] if ces else None}
+    _emit(args, out, f"selection rate open-book − closed-book ({args.span}), {s.n_examples} examples:\n"
+          + _top_lines(s, args.top) + f"\n→ {args.out}" + (f", {args.experts_out}" if ces else ""))
+
+
+def _betas(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--betas {text!r}: give numbers separated by commas, e.g. 0,1,2,4") from None
+    if not vals or any(v != v or abs(v) == float("inf") for v in vals):
+        raise UserError(f"--betas {text!r}: give finite numbers separated by commas, e.g. 0,1,2,4")
+    return vals
+
+
+def cmd_steer(args) -> None:
+    import routerlens_interp as rl
+    from ..ces import best_beta, steer
+
+    betas = _betas(args.betas)
+    if not Path(args.experts).exists():
+        raise UserError(f"no experts file at {args.experts}; write one with `routerlens select` or `routerlens contrast "
+                        f"--experts-out`")
+    experts = rl.ExpertSet.load(args.experts)
+    lm, data = _setup(args)
+    from ..data import default_split as split_for
+
+    side = lambda name: rl.load_dataset(name, split=split_for(name, args.split, "test"), limit=args.limit) \
+        if name else None
+    open_book, memory = side(args.open_data), side(args.memory_data)
+    rows = steer(lm, experts, betas, data, open_book, memory, batch_size=args.batch_size, progress=False)
+    best = best_beta(rows)
+    fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
+    lines = [f"{'beta':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
+    lines += [f"{r['beta']:8g} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
+              for r in rows]
+    lines.append(f"best beta {best['beta']:g}: conflict EM {best['em']:.1f}")
+    _emit(args, {"rows": rows, "best": best, "experts": args.experts}, "\n".join(lines))
+
+
+def add_parsers(sub, common) -> None:
+    """Add ``attribute``, ``contrast`` and ``steer`` to the ``routerlens`` subparsers; ``common(p)`` adds the
+    shared --model/--data/--seed/--json options."""
+    a = sub.add_parser("attribute", help="estimate each expert's masking effect on a metric (one backward pass)")
+    common(a)
+    a.add_argument("--metric", default="faithfulness", choices=["faithfulness", "answer"],
+                   help="faithfulness = log p(context answer) − log p(memory answer) (conflict data); answer = log p(gold)")
+    a.add_argument("--tokens", default="first", choices=["first", "all"], help="first answer token or the whole answer")
+    a.add_argument("--adapter", help="adapter directory to apply")
+    a.add_argument("--exact", choices=["zero", "reroute"], default=None,
+                   help="also mask every expert one at a time (L×E passes) and report the Spearman correlation")
+    a.add_argument("--batch-size", type=int, default=16)
+    a.add_argument("--top", type=int, default=10, help="experts to print")
+    a.add_argument("--out", required=True, help="scores file (.safetensors); a new file unless --overwrite (with "
+                                                "--exact also OUT.exact_MODE.safetensors)")
+    add_overwrite(a)
+    a.set_defaults(func=cmd_attribute)
+
+    c = sub.add_parser("contrast", help="per expert, top-k selection rate open-book minus closed-book")
+    common(c)
+    c.add_argument("--span", default="last", choices=["last", "context"],
+                   help="last prompt position (default) or the context tokens")
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--top", type=int, default=10)
+    c.add_argument("--n", type=int, default=8, help="experts per layer for --experts-out")
+    c.add_argument("--experts-out", help="also write the top --n experts per layer as experts.json")
+    c.add_argument("--out", required=True, help="scores file (.safetensors); new files unless --overwrite")
+    add_overwrite(c)
+    c.set_defaults(func=cmd_contrast)
+
+    s = sub.add_parser("steer", help="add β to chosen experts' router logits: conflict EM, memory rate, open-book EM, recall")
+    common(s)
+    s.add_argument("--experts", required=True, help="experts.json (routerlens select / contrast --experts-out)")
+    s.add_argument("--betas", default="0,1,2,4,8", help="comma-separated β values (default 0,1,2,4,8)")
+    s.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
+    s.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.set_defaults(func=cmd_steer)

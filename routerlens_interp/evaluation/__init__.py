@@ -1,0 +1,1 @@
+"""Scoring a model: greedy generation + EM/F1, text metrics, log-likelihood choice, judged accuracy, lm-eval."""
