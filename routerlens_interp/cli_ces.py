@@ -80,13 +80,20 @@ def cmd_contrast(args) -> None:
           + _top_lines(s, args.top) + f"\n→ {args.out}" + (f", {args.experts_out}" if ces else ""))
 
 
-def _betas(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--betas {text!r}: give numbers separated by commas, e.g. 0,1,2,4") from None
-    if not vals or any(v != v or abs(v) == float("inf") for v in vals):
-        raise UserError(f"--betas {text!r}: give finite numbers separated by commas, e.g. 0,1,2,4")
+def _betas(text: str) -> list:
+    """``"-2,0,2,in,out"`` → ``[-2.0, 0.0, 2.0, "in", "out"]`` (in/out: force into / out of the top-k)."""
+    vals: list = []
+    for x in (x.strip() for x in text.split(",")):
+        if x in ("in", "out"):
+            vals.append(x)
+        elif x:
+            try:
+                vals.append(float(x))
+            except ValueError:
+                raise UserError(f"--betas {text!r}: give numbers, 'in' or 'out' separated by commas, e.g. "
+                                f"-4,0,2,in") from None
+    if not vals or any(isinstance(v, float) and (v != v or abs(v) == float("inf")) for v in vals):
+        raise UserError(f"--betas {text!r}: give finite numbers (or in/out) separated by commas, e.g. -4,0,2,in")
     return vals
 
 
@@ -106,9 +113,9 @@ def cmd_steer(args) -> None:
     best = best_beta(rows)
     fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
     lines = [f"{'beta':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
-    lines += [f"{r['beta']:8g} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
+    lines += [f"{r['beta']!s:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
               for r in rows]
-    lines.append(f"best beta {best['beta']:g}: conflict EM {best['em']:.1f}")
+    lines.append(f"best beta {best['beta']}: conflict EM {best['em']:.1f}")
     _emit(args, {"rows": rows, "best": best, "experts": args.experts}, "\n".join(lines))
 
 
@@ -142,7 +149,15 @@ def add_parsers(sub, common) -> None:
     s = sub.add_parser("steer", help="add β to chosen experts' router logits: conflict EM, memory rate, open-book EM, recall")
     common(s)
     s.add_argument("--experts", required=True, help="experts.json (routerlens select / contrast --experts-out)")
-    s.add_argument("--betas", default="0,1,2,4,8", help="comma-separated β values (default 0,1,2,4,8)")
+    s.add_argument("--betas", default="0,1,2,4,8",
+                   help="comma-separated β values; negative ones deactivate; 'in' / 'out' force the experts into / "
+                        "out of every token's top-k (SteerMoE-style), e.g. -4,0,2,in (default 0,1,2,4,8)")
+    # "-4,0,2" is a value, not an option (argparse only knows plain negative numbers)
+    if hasattr(s, "_negative_number_matcher"):
+        import re
+
+        s._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+(,[-\w.]+)+$")
+        s._has_negative_number_optionals = []
     s.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
     s.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
     s.add_argument("--batch-size", type=int, default=16)
