@@ -26,7 +26,8 @@ _EXPORTS = {
     "RouterAdapter": ".train", "ExpertAdapter": ".train", "load_adapter": ".train",
     "plot": ".plot", "widgets": ".widgets",
     "attribute_experts": ".ces", "expert_effects": ".ces", "routing_contrast": ".ces", "boost_experts": ".ces",
-    "ExpertScores": ".ces", "force_experts": ".ces",
+    "ExpertScores": ".ces", "force_experts": ".ces", "risk_difference": ".ces", "steermoe_sets": ".ces",
+    "reap_scores": ".ces",
     "run_pipeline": ".pipeline", "RunData": ".pipeline", "Sizes": ".pipeline", "paper_numbers": ".paper",
 }
 
