@@ -142,3 +142,38 @@ def test_reap_equals_expert_outputs_by_hand(olmoe):
     want = torch.where(cnt > 0, sums / cnt.clamp(min=1), torch.zeros_like(sums))
     assert torch.allclose(got.scores, want, rtol=1e-4, atol=1e-6)
     assert got.meta["n_routed"] == cnt.long().tolist()
+
+
+def test_cli_risk_reap_verify_and_steer(tmp_path, capsys):
+    """The CLI commands write what the API computes (bundled model, 4 examples)."""
+    import json
+
+    from routerlens_interp.cli import main
+
+    a, d, o = tmp_path / "act.json", tmp_path / "deact.json", tmp_path / "rd.safetensors"
+    common = ["--model", "toy", "--data", "toy-conflict", "--limit", "4", "--json"]
+    assert main(["risk", *common, "--out", str(o), "--activate-out", str(a), "--deactivate-out", str(d),
+                 "--n-activate", "3", "--n-deactivate", "5"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    lm = rl.load("toy")
+    data = rl.load_dataset("toy-conflict", split="test", limit=4)
+    rd = risk_difference(lm, data)
+    assert torch.equal(rl.ExpertScores.load(o).scores, rd.scores)
+    act, dea = steermoe_sets(rd, 3, 5)
+    assert rl.ExpertSet.load(a) == act and rl.ExpertSet.load(d) == dea and len(act) == 3 and len(dea) == 5
+    assert got["activate"] == json.loads(act.to_json())["experts"]
+
+    assert main(["reap", *common, "--out", str(tmp_path / "reap.safetensors")]) == 0
+    capsys.readouterr()
+    assert torch.allclose(rl.ExpertScores.load(tmp_path / "reap.safetensors").scores, rl.reap_scores(lm, data).scores)
+
+    assert main(["attribute", *common, "--limit", "2", "--verify", "3", "--out", str(tmp_path / "att.safetensors")]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(got["verified"]) == 3 and got["cost"]["forward"] == 5
+
+    assert main(["steer", *common, "--experts", str(a), "--deactivate", str(d), "--betas", "-2,0,in"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["beta"] for r in got["rows"]] == [-2.0, 0.0, "in"]
+    with rl.force_experts(lm, activate=act, deactivate=dea):
+        want = rl.evaluate(lm, data)["em"]
+    assert got["rows"][2]["em"] == pytest.approx(want)
