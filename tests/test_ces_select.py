@@ -132,8 +132,9 @@ def test_reap_equals_expert_outputs_by_hand(olmoe):
                 for t in range(enc.prompt_len):
                     for j in range(idx.shape[-1]):
                         e = int(idx[t, j])
-                        gate, up = (mod.gate_up_proj[e] @ x[t]).chunk(2)
-                        y = mod.down_proj[e] @ (mod.act_fn(gate) * up)
+                        with torch.no_grad():
+                            gate, up = (mod.gate_up_proj[e] @ x[t]).chunk(2)
+                            y = mod.down_proj[e] @ (mod.act_fn(gate) * up)
                         sums[r, e] += float(w[t, j]) * float(y.norm())
                         cnt[r, e] += 1
     finally:
