@@ -368,15 +368,18 @@ NB["06_ces_without_training"] = [
            "candidates with no training, and checks them against the causal test:\n\n"
            "1. **attribution**: one forward + backward pass estimates, for every (layer, expert), how much masking "
            "it would lower *faithfulness* = log p(context answer) − log p(memory answer);\n"
-           "2. **exact effects**: mask experts one at a time and measure it (the reference for 1);\n"
-           "3. **routing contrast**: which experts the last prompt position picks more often with the context "
-           "than closed-book;\n"
-           "4. **steering**: add β to chosen experts' router logits (`rl.boost_experts`), the training-free "
-           "counterpart of router tuning.\n\n"
+           "2. **exact where it matters**: mask the top candidates one at a time and re-rank them by the exact "
+           "drop (`verify=K`), at a fraction of the cost of masking every expert;\n"
+           "3. **routing contrast**, SteerMoE's **risk difference** of activation rates between paired inputs "
+           "(with vs without the context, faithful vs unfaithful answer), and **REAP** (mean routing weight × "
+           "expert output norm): no gradients at all;\n"
+           "4. **steering**: add β to chosen experts' router logits (`rl.boost_experts`, β < 0 deactivates), or "
+           "force them into / out of every token's top-k (`rl.force_experts`, SteerMoE-style): the training-free "
+           "counterparts of router tuning.\n\n"
            "Small samples here; `benchmarks/ces_without_training.py` runs the full measurement (README)."),
     ("code", SETUP),
     ("code", TRAIN + '''
-from routerlens_interp.ces import best_beta, spearman, steer
+from routerlens_interp.ces import best_beta, risk_difference, spearman, steer, steermoe_sets
 from routerlens_interp.ces.plots import estimate_vs_exact, steering_curve
 small = test[:16]
 N = max(lm.spec.top_k, lm.spec.n_experts // 8)'''),
@@ -387,37 +390,55 @@ N = max(lm.spec.top_k, lm.spec.n_experts // 8)'''),
 att = rl.attribute_experts(lm, small)
 print(f"faithfulness {att.base:.3f} on {att.n_examples} conflict examples; attribution in {att.meta['seconds']:.1f} s")
 att.plot(title="Attribution: estimated drop of faithfulness when masked").show()'''),
-    ("md", "## 2. Check it against exact masking\nThe exact effect of zero-masking each expert alone, for the 16 "
-           "largest estimates and 16 other experts (all L × E experts take one pass each: the benchmark does that)."),
+    ("md", "## 2. Exact where it matters\n`verify=16` zero-masks each of the 16 largest estimates alone and "
+           "replaces their estimates by the exact drop (16 + 1 more forward passes; all L × E experts would take "
+           "one pass each: the benchmark does that). 16 other experts are measured too, for the scatter."),
     ("code", '''\
+ver = rl.attribute_experts(lm, small, verify=16)
+c = ver.meta["cost"]
+print(f"cost: {c['forward']} forward + {c['backward']} backward passes = {c['ratio']:.3f} of exhaustive masking "
+      f"({c['exhaustive']} forwards)")
 g = np.random.default_rng(0)
-top = [(l, e) for l, e, _ in att.top(16)]
+top = [tuple(p) for p in ver.meta["verified"]]
 rest = [(l, e) for l in lm.spec.moe_layers for e in range(lm.spec.n_experts) if (l, e) not in top]
-pairs = top + [rest[i] for i in g.choice(len(rest), 16, replace=False)]
-exact = rl.expert_effects(lm, small, experts=pairs, mode="zero")
+others = rl.expert_effects(lm, small, experts=[rest[i] for i in g.choice(len(rest), 16, replace=False)], mode="zero")
+exact = rl.ExpertScores(others.scores.clone(), others.layers, "effect_zero", others.metric, others.n_examples,
+                        others.top_k, others.base, others.measured.clone())
+for l, e in top:  # the verified experts' exact drops
+    exact.scores[exact.layers.index(l), e] = ver.row(l)[e]
+    exact.measured[exact.layers.index(l), e] = True
+pairs = top + [(l, e) for l in exact.layers for e in range(lm.spec.n_experts)
+               if others.measured[exact.layers.index(l), e]]
 m = exact.measured.reshape(-1)
 a, e = att.scores.reshape(-1)[m], exact.scores.reshape(-1)[m]
-print(f"{len(pairs)} experts measured in {exact.meta['seconds']:.0f} s: Spearman(estimate, exact) {spearman(a, e):.2f}")
+ids = [exact.layers.index(l) * lm.spec.n_experts + e_ for l, e_ in top]
+print(f"{len(pairs)} experts measured: Spearman(estimate, exact) {spearman(a, e):.2f}; among the 16 verified "
+      f"{spearman(att.scores.reshape(-1)[ids], ver.scores.reshape(-1)[ids]):.2f}")
 estimate_vs_exact(att, exact, top=16).show()'''),
-    ("md", "## 3. Routing contrast, and Router Lens for comparison\nRouter Lens needs the router-tuning run; "
-           "the contrast needs two forward passes per question."),
+    ("md", "## 3. Routing contrast, risk difference, REAP, and Router Lens for comparison\nRouter Lens needs the "
+           "router-tuning run; the contrast and the risk difference need two forward passes per question, REAP one "
+           "(plus k times the experts' compute)."),
     ("code", '''\
 t = time.time(); con = rl.routing_contrast(lm, train[:64]); t_con = time.time() - t
 t = time.time(); att_sel = rl.attribute_experts(lm, train[:64]); t_att = time.time() - t
+t = time.time(); rd = risk_difference(lm, train[:64], pairing="context"); t_rd = time.time() - t
+t = time.time(); reap = rl.reap_scores(lm, train[:32]); t_reap = time.time() - t
 t = time.time(); rt = rl.tune_router(lm, train, dev, **TRAIN)
 with rt.applied(lm):
     rl_counts = rl.count_experts(lm, train[:64])
 t_rt = time.time() - t
 sets = {"attribution": rl.select_experts(att_sel, n=N), "contrast": rl.select_experts(con.last, n=N),
+        "risk difference": rl.select_experts(rd, n=N), "REAP": rl.select_experts(reap, n=N),
         "Router Lens": rl.select_experts(rl_counts, n=N)}
-print(f"seconds: attribution {t_att:.1f}, contrast {t_con:.1f}, router tuning + counting {t_rt:.1f}")
-for a_, b_ in (("attribution", "Router Lens"), ("contrast", "Router Lens"), ("attribution", "contrast")):
-    print(f"Jaccard per layer, {a_} vs {b_}: "
-          + " ".join(f"{v:.2f}" for v in sets[a_].jaccard_per_layer(sets[b_]).values()))
+print(f"seconds: attribution {t_att:.1f}, contrast {t_con:.1f}, risk difference {t_rd:.1f}, REAP {t_reap:.1f}, "
+      f"router tuning + counting {t_rt:.1f}")
+for a_ in ("attribution", "contrast", "risk difference", "REAP"):
+    print(f"Jaccard per layer, {a_} vs Router Lens: "
+          + " ".join(f"{v:.2f}" for v in sets[a_].jaccard_per_layer(sets["Router Lens"]).values()))
 rl.plot.overlap_matrix(sets).show()
 con.last.plot(sets["contrast"], title="Selection rate at the last prompt position, open − closed book").show()'''),
     ("md", "## 4. The causal test\nMask each set in the router-tuned model (reroute) and compare with random "
-           "sets of experts that are in none of the three."),
+           "sets of experts that are in none of the sets."),
     ("code", '''\
 base = rl.evaluate(lm, test)
 with rt.applied(lm):
@@ -426,7 +447,9 @@ with rt.applied(lm):
     for name, s in sets.items():
         with rl.mask_experts(lm, s):
             drops[name] = tuned["em"] - rl.evaluate(lm, test)["em"]
-    union = sets["attribution"] | sets["contrast"] | sets["Router Lens"]
+    union = rl.ExpertSet()
+    for s in sets.values():
+        union = union | s
     rnd = []
     for d in range(3):
         with rl.mask_experts(lm, rl.random_experts(N, lm.spec.moe_layers, lm.spec.n_experts, exclude=union, seed=d)):
@@ -435,13 +458,20 @@ print(f"conflict EM: base {base['em']:.1f}, router-tuned {tuned['em']:.1f}")
 print("EM drop when masked: " + ", ".join(f"{k} {v:+.1f}" for k, v in drops.items())
       + f", random (3 draws) {np.mean(rnd):+.1f}")'''),
     ("md", "## 5. Steering the base model\nAdd β to the chosen experts' router logits; the family's own routing "
-           "does the rest. β = 0 is the unchanged model."),
+           "does the rest. β = 0 is the unchanged model, β < 0 deactivates, `\"in\"` forces the set into every "
+           "token's top-k (just above the k-th largest score). Then SteerMoE's own recipe: the experts with the most "
+           "negative risk difference (more active without the context) forced out of every top-k."),
     ("code", '''\
-sweeps = {name: steer(lm, s, [0.0, 1.0, 4.0], test[:32]) for name, s in sets.items()}
+sweeps = {name: steer(lm, s, [-4.0, 0.0, 1.0, 4.0, "in"], test[:32]) for name, s in sets.items()}
 for name, rows in sweeps.items():
     b = best_beta(rows)
-    print(f"{name:12s} conflict EM by β: " + "  ".join(f"{r['beta']:g}: {r['em']:.1f}" for r in rows)
-          + f"  (best β {b['beta']:g}, memory {b['memory_rate'] or 0:.1f} %)")
+    print(f"{name:15s} conflict EM by β: " + "  ".join(f"{r['beta']}: {r['em']:.1f}" for r in rows)
+          + f"  (best β {b['beta']}, memory {b['memory_rate'] or 0:.1f} %)")
+for n_out in (16, 48):
+    _, off = steermoe_sets(rd, n_deactivate=n_out)
+    with rl.force_experts(lm, deactivate=off):
+        r = rl.evaluate(lm, test[:32])
+    print(f"SteerMoE: {n_out} experts forced out: conflict EM {r['em']:.1f}, memory {r['memory_rate'] or 0:.1f} %")
 steering_curve(sweeps["Router Lens"], title="Steering the base model with the Router Lens CEs",
                reference=tuned["em"]).show()'''),
     ("md", "## What this run found"),
@@ -450,7 +480,7 @@ best = {k: best_beta(v) for k, v in sweeps.items()}
 print(f"Attribution vs exact zero-masking on {len(pairs)} experts: Spearman {spearman(a, e):.2f}.")
 print("EM drop when masked in the router-tuned model: " + ", ".join(f"{k} {v:+.1f}" for k, v in drops.items())
       + f" vs random {np.mean(rnd):+.1f}.")
-print("Steering the base model, best conflict EM: " + ", ".join(f"{k} {v['em']:.1f} (β {v['beta']:g})"
+print("Steering the base model, best conflict EM: " + ", ".join(f"{k} {v['em']:.1f} (β {v['beta']})"
       for k, v in best.items()) + f"; router tuning reaches {tuned['em']:.1f} (base {base['em']:.1f}).")
 print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]

@@ -29,7 +29,8 @@ _EXPORTS = {
     "RouterAdapter": ".train", "ExpertAdapter": ".train", "load_adapter": ".train",
     "plot": ".plot", "widgets": ".board.widgets",
     "attribute_experts": ".ces", "expert_effects": ".ces", "routing_contrast": ".ces", "boost_experts": ".ces",
-    "ExpertScores": ".ces",
+    "ExpertScores": ".ces", "force_experts": ".ces", "risk_difference": ".ces", "steermoe_sets": ".ces",
+    "reap_scores": ".ces",
     "run_pipeline": ".pipeline.run", "RunData": ".pipeline.run", "Sizes": ".pipeline.run", "paper_numbers": ".pipeline.paper",
 }
 

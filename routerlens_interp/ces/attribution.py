@@ -13,7 +13,7 @@ from .scores import ExpertScores
 
 
 def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "first", batch_size: int = 16,
-                      progress: bool = False) -> ExpertScores:
+                      progress: bool = False, verify: int = 0) -> ExpertScores:
     """Estimate, for every (MoE layer, expert), the drop of ``metric`` when the expert is masked (zero mode).
 
     Gradient with respect to the routing weights, not the experts' outputs: every token ``t`` sends its
@@ -37,6 +37,8 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
         tokens: ``"first"`` answer token (at the last prompt position) or ``"all"`` answer tokens.
         batch_size: examples per forward + backward. Memory is that of one batch, whatever ``len(data)``:
             only the ``[L, E]`` sums are kept between batches.
+        verify: ``K > 0``: then zero-mask each of the ``K`` highest-estimated experts alone and replace their
+            estimates by the exact drop (:func:`~.verify.verify_top`; ``K`` + 1 more forward passes).
 
     Returns:
         :class:`ExpertScores` of kind ``"attribution"``: ``scores [L, E]`` = estimated base − masked
@@ -87,5 +89,10 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
         for b in blocks:
             b.train(was)
     n = len(items)
-    return ExpertScores(acc / n, list(spec.moe_layers), "attribution", metric, n, spec.top_k, base / n,
-                        meta={"tokens": tokens, "seconds": round(time.time() - t0, 2)})
+    out = ExpertScores(acc / n, list(spec.moe_layers), "attribution", metric, n, spec.top_k, base / n,
+                       meta={"tokens": tokens, "seconds": round(time.time() - t0, 2)})
+    if verify:
+        from .verify import verify_top
+
+        out = verify_top(lm, data, out, verify, metric, tokens, batch_size, progress)
+    return out

@@ -9,7 +9,8 @@ import plotly.graph_objects as go
 from ..plot import _layer_expert_heatmap, _outline
 from ..plot.style import COLORS, DIV_SCALE, _np, _style
 
-_LABELS = {"attribution": "estimated drop when masked", "effect_zero": "drop when masked (zero)",
+_LABELS = {"attribution": "estimated drop when masked", "attribution_verified": "drop when masked (top verified)",
+           "reap": "REAP: routing weight × output norm", "risk_difference": "activation rate difference", "effect_zero": "drop when masked (zero)",
            "effect_reroute": "drop when masked (reroute)", "contrast_last": "selection rate, open − closed book",
            "contrast_context": "selection rate, context − closed book"}
 

@@ -26,8 +26,8 @@ class ExpertScores:
             effects it is the *drop* of the metric when the expert is masked (base − masked), so a
             positive score is an expert the metric relies on, and the top scores are the candidate CEs.
         layers: decoder-layer index of each row (``spec.moe_layers`` order).
-        kind: ``"attribution"``, ``"effect_zero"``, ``"effect_reroute"``, ``"contrast_last"``,
-            ``"contrast_context"``.
+        kind: ``"attribution"``, ``"attribution_verified"``, ``"effect_zero"``, ``"effect_reroute"``,
+            ``"contrast_last"``, ``"contrast_context"``, ``"risk_difference"``, ``"reap"``.
         metric: ``"faithfulness"``, ``"answer"`` or ``"selection_rate"``.
         n_examples: examples the scores were measured on.
         top_k: experts per token of the model.

@@ -1,4 +1,4 @@
-"""``routerlens attribute | contrast | steer``: context-faithful experts without training, from a shell.
+"""``routerlens attribute | contrast | risk | reap | steer``: context-faithful experts without training, from a shell.
 
 Registered by :func:`add_parsers` from ``cli.build_parser``. User errors are :class:`~.errors.UserError`
 (one line, exit 2).
@@ -41,15 +41,20 @@ def cmd_attribute(args) -> None:
         if args.adapter:
             st.enter_context(rl.load_adapter(args.adapter).applied(lm))
         s = rl.attribute_experts(lm, data, metric=args.metric, tokens=args.tokens, batch_size=args.batch_size,
-                                 progress=not args.json)
+                                 progress=not args.json, verify=args.verify)
         exact = (rl.expert_effects(lm, data, mode=args.exact, metric=args.metric, tokens=args.tokens,
                                    batch_size=args.batch_size, progress=not args.json) if args.exact else None)
     s.meta.update(data=args.data, seed=args.seed)
     s.save(args.out)
     out = {"out": args.out, "metric": args.metric, "base": s.base, "n": s.n_examples, "seconds": s.meta["seconds"],
            "top": [{"layer": l, "expert": e, "score": v} for l, e, v in s.top(args.top)]}
-    human = (f"{args.metric} = {s.base:.4f} on {s.n_examples} examples; largest estimated drops when masked:\n"
-             + _top_lines(s, args.top))
+    what = "drops when masked (top verified by exact masking)" if args.verify else "estimated drops when masked"
+    human = (f"{args.metric} = {s.base:.4f} on {s.n_examples} examples; largest {what}:\n" + _top_lines(s, args.top))
+    if args.verify:
+        c = s.meta["cost"]
+        out.update(verified=s.meta["verified"], cost=c)
+        human += (f"\ncost: {c['forward']} forward + {c['backward']} backward passes over the data "
+                  f"({c['ratio']:.3f} of exhaustive masking, {c['exhaustive']} forwards)")
     if exact is not None:
         from ..ces import spearman
 
@@ -90,13 +95,60 @@ def cmd_contrast(args) -> None:
           + _top_lines(s, args.top) + f"\n→ {args.out}" + (f", {args.experts_out}" if ces else ""))
 
 
-def _betas(text: str) -> list[float]:
-    try:
-        vals = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--betas {text!r}: give numbers separated by commas, e.g. 0,1,2,4") from None
-    if not vals or any(v != v or abs(v) == float("inf") for v in vals):
-        raise UserError(f"--betas {text!r}: give finite numbers separated by commas, e.g. 0,1,2,4")
+def cmd_risk(args) -> None:
+    from .ces import risk_difference, steermoe_sets
+
+    lm, data = _setup(args)
+    rd = risk_difference(lm, data, pairing=args.pairing, span=args.span, batch_size=args.batch_size)
+    rd.meta.update(data=args.data, seed=args.seed)
+    rd.save(args.out)
+    act, dea = steermoe_sets(rd, args.n_activate if args.activate_out else 0,
+                             args.n_deactivate if args.deactivate_out else 0)
+    for path, es in ((args.activate_out, act), (args.deactivate_out, dea)):
+        if path:
+            es.save(path)
+    out = {"out": args.out, "pairing": args.pairing, "span": args.span, "n": rd.n_examples,
+           "n_tokens": [rd.meta["n1"], rd.meta["n2"]],
+           "top": [{"layer": l, "expert": e, "score": v} for l, e, v in rd.top(args.top)],
+           "activate": json.loads(act.to_json())["experts"] if args.activate_out else None,
+           "deactivate": json.loads(dea.to_json())["experts"] if args.deactivate_out else None}
+    files = ", ".join(p for p in (args.out, args.activate_out, args.deactivate_out) if p)
+    _emit(args, out, f"activation rate difference ({args.pairing}, {args.span} tokens), {rd.n_examples} examples:\n"
+          + _top_lines(rd, args.top) + f"\n→ {files}")
+
+
+def cmd_reap(args) -> None:
+    import routerlens_interp as rl
+
+    lm, data = _setup(args)
+    s = rl.reap_scores(lm, data, span=args.span, batch_size=args.batch_size)
+    s.meta.update(data=args.data, seed=args.seed)
+    s.save(args.out)
+    ces = None
+    if args.experts_out:
+        ces = rl.select_experts(s, n=args.n)
+        ces.meta.update(method="reap")
+        ces.save(args.experts_out)
+    out = {"out": args.out, "n": s.n_examples, "top": [{"layer": l, "expert": e, "score": v} for l, e, v in s.top(args.top)],
+           "experts": json.loads(ces.to_json())["experts"] if ces else None}
+    _emit(args, out, f"REAP (mean routing weight × expert output norm), {s.n_examples} examples:\n"
+          + _top_lines(s, args.top) + f"\n→ {args.out}" + (f", {args.experts_out}" if ces else ""))
+
+
+def _betas(text: str) -> list:
+    """``"-2,0,2,in,out"`` → ``[-2.0, 0.0, 2.0, "in", "out"]`` (in/out: force into / out of the top-k)."""
+    vals: list = []
+    for x in (x.strip() for x in text.split(",")):
+        if x in ("in", "out"):
+            vals.append(x)
+        elif x:
+            try:
+                vals.append(float(x))
+            except ValueError:
+                raise UserError(f"--betas {text!r}: give numbers, 'in' or 'out' separated by commas, e.g. "
+                                f"-4,0,2,in") from None
+    if not vals or any(isinstance(v, float) and (v != v or abs(v) == float("inf")) for v in vals):
+        raise UserError(f"--betas {text!r}: give finite numbers (or in/out) separated by commas, e.g. -4,0,2,in")
     return vals
 
 
@@ -109,24 +161,30 @@ def cmd_steer(args) -> None:
         raise UserError(f"no experts file at {args.experts}; write one with `routerlens select` or `routerlens contrast "
                         f"--experts-out`")
     experts = rl.ExpertSet.load(args.experts)
+    if args.deactivate and not Path(args.deactivate).exists():
+        raise UserError(f"no experts file at {args.deactivate}; write one with `routerlens risk --deactivate-out FILE`")
+    off = rl.ExpertSet.load(args.deactivate) if args.deactivate else None
     lm, data = _setup(args)
     from ..data import default_split as split_for
 
     side = lambda name: rl.load_dataset(name, split=split_for(name, args.split, "test"), limit=args.limit) \
         if name else None
     open_book, memory = side(args.open_data), side(args.memory_data)
-    rows = steer(lm, experts, betas, data, open_book, memory, batch_size=args.batch_size, progress=False)
+    with ExitStack() as st:
+        if off is not None:  # SteerMoE's combination: these stay out of every top-k during the whole sweep
+            st.enter_context(rl.force_experts(lm, deactivate=off))
+        rows = steer(lm, experts, betas, data, open_book, memory, batch_size=args.batch_size, progress=False)
     best = best_beta(rows)
     fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
     lines = [f"{'beta':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
-    lines += [f"{r['beta']:8g} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
+    lines += [f"{r['beta']!s:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
               for r in rows]
-    lines.append(f"best beta {best['beta']:g}: conflict EM {best['em']:.1f}")
+    lines.append(f"best beta {best['beta']}: conflict EM {best['em']:.1f}")
     _emit(args, {"rows": rows, "best": best, "experts": args.experts}, "\n".join(lines))
 
 
 def add_parsers(sub, common) -> None:
-    """Add ``attribute``, ``contrast`` and ``steer`` to the ``routerlens`` subparsers; ``common(p)`` adds the
+    """Add ``attribute``, ``contrast``, ``risk``, ``reap`` and ``steer`` to the ``routerlens`` subparsers; ``common(p)`` adds the
     shared --model/--data/--seed/--json options."""
     a = sub.add_parser("attribute", help="estimate each expert's masking effect on a metric (one backward pass)")
     common(a)
@@ -136,6 +194,9 @@ def add_parsers(sub, common) -> None:
     a.add_argument("--adapter", help="adapter directory to apply")
     a.add_argument("--exact", choices=["zero", "reroute"], default=None,
                    help="also mask every expert one at a time (L×E passes) and report the Spearman correlation")
+    a.add_argument("--verify", type=int, default=0, metavar="K",
+                   help="then mask each of the K highest-estimated experts alone (K+1 forward passes) and re-rank them "
+                        "by the exact drop")
     a.add_argument("--batch-size", type=int, default=16)
     a.add_argument("--top", type=int, default=10, help="experts to print")
     a.add_argument("--out", required=True, help="scores file (.safetensors); a new file unless --overwrite (with "
@@ -155,11 +216,46 @@ def add_parsers(sub, common) -> None:
     add_overwrite(c)
     c.set_defaults(func=cmd_contrast)
 
+    r = sub.add_parser("risk", help="SteerMoE's risk difference: per expert, activation rate with the context (or "
+                                    "the faithful answer) minus without (the memory answer)")
+    common(r)
+    r.add_argument("--pairing", default="context", choices=["context", "faithful"],
+                   help="context = open-book vs closed-book prompt; faithful = context answer vs memory answer")
+    r.add_argument("--span", default="answer", choices=["answer", "last"], help="answer tokens or last prompt position")
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--top", type=int, default=10)
+    r.add_argument("--n-activate", type=int, default=8, help="experts for --activate-out (global ranking, ≤ k per layer)")
+    r.add_argument("--n-deactivate", type=int, default=48, help="experts for --deactivate-out (global ranking)")
+    r.add_argument("--activate-out", help="write the experts to activate (largest positive difference) as experts.json")
+    r.add_argument("--deactivate-out", help="write the experts to deactivate (most negative difference) as experts.json")
+    r.add_argument("--out", required=True, help="scores file (.safetensors)")
+    r.set_defaults(func=cmd_risk)
+
+    p = sub.add_parser("reap", help="REAP's expert score: mean routing weight × expert output norm (no gradients)")
+    common(p)
+    p.add_argument("--span", default="prompt", choices=["prompt", "last"])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--n", type=int, default=8, help="experts per layer for --experts-out")
+    p.add_argument("--experts-out", help="also write the top --n experts per layer as experts.json")
+    p.add_argument("--out", required=True, help="scores file (.safetensors)")
+    p.set_defaults(func=cmd_reap)
+
     s = sub.add_parser("steer", help="add β to chosen experts' router logits: conflict EM, memory rate, open-book EM, recall")
     common(s)
     s.add_argument("--experts", required=True, help="experts.json (routerlens select / contrast --experts-out)")
-    s.add_argument("--betas", default="0,1,2,4,8", help="comma-separated β values (default 0,1,2,4,8)")
+    s.add_argument("--betas", default="0,1,2,4,8",
+                   help="comma-separated β values; negative ones deactivate; 'in' / 'out' force the experts into / "
+                        "out of every token's top-k (SteerMoE-style), e.g. -4,0,2,in (default 0,1,2,4,8)")
+    # "-4,0,2" is a value, not an option (argparse only knows plain negative numbers)
+    if hasattr(s, "_negative_number_matcher"):
+        import re
+
+        s._negative_number_matcher = re.compile(r"^-\d+$|^-\d*\.\d+$|^-[\d.]+(,[-\w.]+)+$")
+        s._has_negative_number_optionals = []
     s.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
     s.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
+    s.add_argument("--deactivate", default=None,
+                   help="experts.json forced out of every top-k during the whole sweep (routerlens risk --deactivate-out)")
     s.add_argument("--batch-size", type=int, default=16)
     s.set_defaults(func=cmd_steer)
