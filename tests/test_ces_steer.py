@@ -161,10 +161,10 @@ def olmoe_steer(load_tiny):
 
 def test_zero_beta_and_negative_beta_on_cli(tmp_path, capsys, monkeypatch):
     """``--betas -2,0,in``: negative numbers and in/out parse (argparse took ``-2,0`` for an option)."""
-    from routerlens_interp import cli_ces
+    from routerlens_interp.cli import ces as cli_ces
 
     assert cli_ces._betas("-2,0,in,out") == [-2.0, 0.0, "in", "out"]
-    from routerlens_interp.cli import build_parser
+    from routerlens_interp.cli.commands import build_parser
 
     args = build_parser().parse_args(["steer", "--data", "toy-conflict", "--experts", "x.json", "--betas", "-2,0,in"])
     assert args.betas == "-2,0,in"

@@ -96,7 +96,7 @@ def cmd_contrast(args) -> None:
 
 
 def cmd_risk(args) -> None:
-    from .ces import risk_difference, steermoe_sets
+    from ..ces import risk_difference, steermoe_sets
 
     lm, data = _setup(args)
     rd = risk_difference(lm, data, pairing=args.pairing, span=args.span, batch_size=args.batch_size)
