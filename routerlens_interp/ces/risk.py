@@ -23,6 +23,7 @@ from dataclasses import replace
 import torch
 
 from ..errors import UserError
+from .contrast import _count
 from .scores import ExpertScores
 
 PAIRINGS = ("context", "faithful")
@@ -45,36 +46,14 @@ def _pairs(data, pairing: str):
     return out
 
 
-@torch.no_grad()
 def _rates(lm, encoded, span: str, batch_size: int) -> tuple[torch.Tensor, int]:
-    """Top-k counts ``[L, E]`` at the ``span`` positions of each encoded sequence, and the number of positions."""
-    spec = lm.spec
-    E = spec.n_experts
-    counts = torch.zeros(len(spec.moe_layers), E, dtype=torch.long)
-    state = {}
-
-    def read(r):
-        def fn(idx, w):
-            sel = idx.reshape(-1, idx.shape[-1])[state["mask"].to(idx.device)]
-            counts[r] += torch.bincount(sel.reshape(-1).long().cpu(), minlength=E)[:E]
-        return fn
-
-    from contextlib import ExitStack
-
-    n = 0
-    with ExitStack() as st:
-        for r, l in enumerate(spec.moe_layers):
-            st.enter_context(lm.hooks.read(f"blocks.{l}.experts.hook_route", read(r)))
-        for s in range(0, len(encoded), batch_size):
-            chunk = encoded[s:s + batch_size]
-            b = lm.batch(chunk)
-            mask = torch.zeros(b["input_ids"].shape, dtype=torch.bool)
-            for i, e in enumerate(chunk):
-                mask[i, e.answer if span == "answer" else torch.tensor([e.last_prompt])] = True
-            state["mask"] = mask.reshape(-1)
-            n += int(mask.sum())
-            lm.hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    return counts, n
+    """Top-k counts ``[L, E]`` at the ``span`` positions of each encoded sequence, and the number of positions
+    (:func:`.contrast._count`, the same span-restricted routing count the contrast uses)."""
+    if span == "answer":
+        select = lambda e: e.answer
+    else:
+        select = lambda e: torch.tensor([e.last_prompt])
+    return _count(lm, encoded, select, batch_size, progress=False, desc="risk")
 
 
 def risk_difference(lm, data, pairing: str = "context", span: str = "answer", batch_size: int = 32) -> ExpertScores:
