@@ -13,19 +13,9 @@ from routerlens_interp.ces import risk_difference, steermoe_sets
 from routerlens_interp.ces.objective import build_items, mean_metric
 from routerlens_interp.ces.verify import cost
 from routerlens_interp.errors import UserError
-from test_ces import DATA
+from test_ces import DATA, olmoe  # noqa: F401  (the fixture: a tiny OLMoE with weights that matter)
 
 
-@pytest.fixture(scope="module")
-def olmoe(load_tiny):
-    """A tiny OLMoE with weights large enough (std 1/√fan-in) that experts change the answer's log-probs."""
-    lm = load_tiny("olmoe", fresh=True)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in lm.hf.named_parameters():
-            if p.dim() >= 2:
-                p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
-    return lm
 
 
 def test_verify_is_exact_zero_masking_of_the_top(olmoe):
