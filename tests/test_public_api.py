@@ -15,7 +15,7 @@ attention_gain answer_probability_gain token_attention_diff attention_knockout t
 RouterAdapter ExpertAdapter load_adapter plot widgets attribute_experts expert_effects routing_contrast
 boost_experts ExpertScores force_experts risk_difference steermoe_sets reap_scores run_pipeline RunData Sizes paper_numbers""".split()
 COMMANDS = ["demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze", "knockout",
-            "attribute", "contrast", "steer", "run", "inspect"]
+            "attribute", "contrast", "risk", "reap", "steer", "run", "inspect"]
 
 
 @pytest.mark.parametrize("name", PUBLIC)
