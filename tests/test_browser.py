@@ -206,13 +206,6 @@ def _selected(drv, label: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- the test
-# Known failure, found at the end of a session and not yet understood: after Run All, a click on the board's
-# busiest expert does not change p(answer) within 60 s (the notebook itself runs clean under nbmake, and
-# tests/test_widgets.py passes). Skipped with this reason so it is visible; conftest then lets nbmake run notebook 03.
-SKIP_REASON = "known failure: a click on the board does not update p(answer) within 60 s (under investigation)"
-
-
-@pytest.mark.skip(reason=SKIP_REASON)
 def test_notebook_03_in_a_real_browser(tmp_path):
     reason = _missing()
     if reason:
@@ -253,10 +246,11 @@ def test_notebook_03_in_a_real_browser(tmp_path):
         p0 = _p(drv)
         assert p0 is not None
 
-        # click the busiest expert of the last MoE layer: it is masked and p(answer) changes
+        # click the busiest expert of the first MoE layer: it is masked and p(answer) changes (every later layer reads
+        # its output; in the last layer the busiest expert can move p by less than the 4 digits shown)
         row, expert = drv.execute_script(
             "const gd = document.querySelector('.rl-panel .js-plotly-plot'); const c = gd.data[0].marker.color;"
-            "const E = 64, r = 5; let best = 0; for (let e = 1; e < E; e++) if (c[r * E + e] > c[r * E + best]) best = e;"
+            "const E = 64, r = 0; let best = 0; for (let e = 1; e < E; e++) if (c[r * E + e] > c[r * E + best]) best = e;"
             "return [r, best];")
         _click_at(drv, drv.execute_script(CELL_XY, row, expert))
         p1 = _wait(lambda: (v := _p(drv)) != p0 and v, 60, "p(answer) after a click")
