@@ -3,9 +3,10 @@
 An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``), or an
 ``nn.ModuleList`` of ``E`` like MLPs of 2-D linears (remote code: ``experts_kind = "module_list"``), next to
 a router: a sibling module holding a ``[E, H]`` weight (``gate``, ``router``, a nested ``.wg``/``.classifier``/
-``.proj`` linear, or a router on the decoder layer itself). The family's routing is never re-implemented:
-``reroute`` runs the family's own code on masked logits (:mod:`routerlens_interp.hooks`), so the table of
-routing rules below is documentation. Families the design cannot represent are refused by name with the
+``.proj`` linear, or a router on the decoder layer itself), or a ``[E+S, H]`` weight that also scores its
+``n_shared_experts`` shared experts (Inkling: ``spec.router_shared_rows``). The family's routing is never
+re-implemented: ``reroute`` runs the family's own code on masked logits (:mod:`routerlens_interp.hooks`), so
+the table of routing rules below is documentation. Families the design cannot represent are refused by name with the
 reason (:data:`UNSUPPORTED`); all 66 MoE families of transformers 5.24 are checked in ``tests/test_families.py``.
 """
 from __future__ import annotations
@@ -62,17 +63,15 @@ UNSUPPORTED = {
               "inputs are not (indices, weights) of one experts module",
     "dbrx": "experts stored as 2-D [E·I, H] matrices (w1, v1, w2) rather than stacked per expert, so an expert's "
             "weights cannot be addressed as one slice (routing itself would fit; not done yet)",
-    "inkling_text": "one router scores the routed and the shared experts together (weight [E+S, H]) and normalises "
-                    "over both: masking a routed expert would change the shared experts' weights",
     "longcat_flash": "the router also picks zero-compute identity experts (router width E+Z, down_proj of E rows), "
                      "which do not fit one experts module of E stacked experts (not done yet)",
 }
-SUPPORTED = ("60 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
+SUPPORTED = ("61 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
              "DeepSeek-V2, DeepSeek-V3, GLM-4.5, GPT-OSS, Llama 4, ERNIE 4.5, dots.llm1, MiniMax-M2, Kimi-Linear, "
              "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE (any family with a router linear [E, H] next to an experts "
              "module of per-expert stacked projections; the README's table lists all 66); remote code whose experts are "
              "an nn.ModuleList of per-expert MLPs next to an [E, H] gate (MiniCPM-MoE, DeepSeek-V2 with "
-             "trust_remote_code=True); not Doge, Zaya, JetMoE, DBRX, Inkling, LongCat-Flash")
+             "trust_remote_code=True); not Doge, Zaya, JetMoE, DBRX, LongCat-Flash")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
@@ -117,6 +116,15 @@ def _router_in(mod: nn.Module, E: int, H: int) -> bool:
     return any(p.dim() == 2 and tuple(p.shape) == (E, H) for _, p in mod.named_parameters())
 
 
+def _shared_rows(mod: nn.Module, E: int, H: int) -> int:
+    """``S`` when ``mod`` is a router whose one linear scores the ``E`` routed experts and then its
+    ``n_shared_experts`` shared ones (Inkling: weight ``[E+S, H]``); 0 otherwise."""
+    S = getattr(mod, "n_shared_experts", 0)
+    if not isinstance(S, int) or S <= 0:
+        return 0
+    return S if any(p.dim() == 2 and tuple(p.shape) == (E + S, H) for _, p in mod.named_parameters()) else 0
+
+
 def _find_moe(layer: nn.Module, H: int):
     """→ (moe_attr, router_attr, experts_attr, shared_attr, E) or None for a dense layer."""
     for name, mod in layer.named_modules():
@@ -127,7 +135,8 @@ def _find_moe(layer: nn.Module, H: int):
             continue
         parent_name, _, experts_attr = name.rpartition(".")
         block = layer.get_submodule(parent_name) if parent_name else layer
-        routers = [n for n, c in block.named_children() if n != experts_attr and _router_in(c, E, H)]
+        routers = [n for n, c in block.named_children()
+                   if n != experts_attr and (_router_in(c, E, H) or _shared_rows(c, E, H))]
         if not routers:
             continue
         router = routers[0] if len(routers) == 1 else next((n for n in routers if n in ("gate", "router")), routers[0])
@@ -183,6 +192,7 @@ def inspect_model(model: nn.Module) -> MoESpec:
                    router_attr=router_attr, experts_attr=experts_attr, attn_attr=attn_attr,
                    final_norm_path=norm_path or "", unembed_path=unembed, shared_experts_attr=shared_attr,
                    routing_params=consts, hidden_size=H, routing_scope_attr=scope, experts_io=io, mixers=mixers,
+                   router_shared_rows=0 if _router_in(router, n_experts, H) else _shared_rows(router, n_experts, H),
                    logit_scale=logit_scale(text_cfg), experts_kind=kind, implementation=implementation(model))
     if norm_path is None:
         spec.lens = f"no final norm found (looked for {', '.join(_NORM_NAMES)} next to the decoder layers)"
@@ -210,6 +220,8 @@ def logit_scale(cfg) -> tuple | None:
         return ("divide", float(cfg.logits_scaling))
     if getattr(cfg, "logit_scale", None) not in (None, 1, 1.0):
         return ("multiply", float(cfg.logit_scale))
+    if getattr(cfg, "logits_mup_width_multiplier", None) not in (None, 1, 1.0):  # Inkling: hidden / m before lm_head
+        return ("divide", float(cfg.logits_mup_width_multiplier))
     if getattr(cfg, "dim_model_base", None) and getattr(cfg, "scale_emb", None) is not None:
         ratio = float(cfg.hidden_size) / float(cfg.dim_model_base)
         if ratio != 1.0:

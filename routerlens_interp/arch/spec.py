@@ -30,6 +30,10 @@ class MoESpec:
         attn_attr: self-attention module inside a decoder layer.
         final_norm_path / unembed_path: final norm and unembedding (logit lens).
         shared_experts_attr: shared (never routed) experts inside the MoE block, if any.
+        router_shared_rows: ``S`` when the router's linear also scores the shared experts (Inkling: weight
+            ``[E+S, H]``, rows ``E..E+S-1`` for the shared experts, whose weights the family normalises together
+            with the chosen routed experts'); 0 otherwise. Only the routed part ``[T, E]`` is read or edited:
+            the shared experts' logits are left as the model computed them, and ids ``>= E`` are not maskable.
         routing_params: constants read off the router (scaling factor, groups, ...), for reference.
         hidden_size: ``H``, the width of the residual stream (the router's linear is ``[E, H]``).
         routing_scope: path, inside a decoder layer, of the module whose forward decides the top-k (the
@@ -66,6 +70,7 @@ class MoESpec:
     final_norm_path: str = "model.norm"
     unembed_path: str = "lm_head"
     shared_experts_attr: str | None = None
+    router_shared_rows: int = 0
     routing_params: dict = field(default_factory=dict)
     hidden_size: int = 0
     routing_scope_attr: str = ""
@@ -140,8 +145,12 @@ class MoESpec:
     def check_expert(self, layer: int, expert: int) -> None:
         self.check_moe_layer(layer)
         if not 0 <= int(expert) < self.n_experts:
+            shared = (f"; ids {self.n_experts}..{self.n_experts + self.router_shared_rows - 1} of its router are the "
+                      f"{self.router_shared_rows} shared expert(s), which every token uses and which cannot be masked"
+                      if self.router_shared_rows and self.n_experts <= int(expert) < self.n_experts + self.router_shared_rows
+                      else "")
             raise ValueError(f"expert id {expert} out of range for layer {layer}: this model has "
-                             f"{self.n_experts} routed experts (ids 0..{self.n_experts - 1})")
+                             f"{self.n_experts} routed experts (ids 0..{self.n_experts - 1}){shared}")
 
     def to_dict(self) -> dict:
         return asdict(self)

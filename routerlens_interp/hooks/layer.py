@@ -266,7 +266,7 @@ class HookLayer:
 
         def enter(module, args, kwargs):
             tap = RoutingTap(s.n_experts, s.hidden_size, on_logits, on_choice, on_select,
-                             observe if s.experts_kind == "module_list" else None)
+                             observe if s.experts_kind == "module_list" else None, s.router_shared_rows)
             tap.__enter__()
             stack.append(tap)
 

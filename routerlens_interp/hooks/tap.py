@@ -7,7 +7,9 @@ module holding the routing decision runs. It sees two kinds of calls:
 
 - ``F.linear`` whose weight is ``[E, H]``: the router's logits ``[T, E]``. Edits (a −inf for a masked
   expert, +β for steering) apply to them, then reads record them: the family's own code then routes on
-  the edited logits.
+  the edited logits. A router that scores its ``S`` shared experts in the same linear (Inkling: weight
+  ``[E+S, H]``, logits ``[T, E+S]``) has only its routed part ``[..., :E]`` edited and read; the shared
+  experts' logits go back to the family's code as computed, which then normalises both by its own rule.
 - ``topk`` over a last axis of size ``E``: the choice scores. Edits apply there too, so an expert whose
   selection score does not come from its logit alone (a correction bias added to sigmoid scores) still
   cannot be chosen when masked.
@@ -49,12 +51,14 @@ class RoutingTap(TorchFunctionMode):
             (the same object) leaves the top-k call as it was.
         observe: ``(func, args, result) → None``, called with what each call in the scope returned to the
             family's code (None: nothing observed).
+        shared_rows: ``S``, rows of the router's linear after the ``E`` routed ones that score shared experts
+            (``spec.router_shared_rows``); its logits ``[T, E+S]`` then reach ``on_logits`` as ``[T, E]``.
     """
 
     def __init__(self, n_experts: int, hidden: int, on_logits: Callable, on_choice: Callable | None,
-                 on_select: Callable | None = None, observe: Callable | None = None):
+                 on_select: Callable | None = None, observe: Callable | None = None, shared_rows: int = 0):
         super().__init__()
-        self.E, self.H = n_experts, hidden
+        self.E, self.H, self.S = n_experts, hidden, shared_rows
         self.on_logits, self.on_choice, self.on_select = on_logits, on_choice, on_select
         self.observe = observe
         self.hits = 0
@@ -68,9 +72,15 @@ class RoutingTap(TorchFunctionMode):
     def _call(self, func, args, kwargs):
         if func is F.linear:
             w = args[1] if len(args) > 1 else kwargs.get("weight")
-            if w is not None and w.dim() == 2 and w.shape[0] == self.E and w.shape[1] == self.H:
+            if w is not None and w.dim() == 2 and w.shape[0] == self.E + self.S and w.shape[1] == self.H:
                 self.hits += 1
-                return self.on_logits(func(*args, **kwargs))
+                out = func(*args, **kwargs)
+                if not self.S:
+                    return self.on_logits(out)
+                routed = out[..., :self.E]
+                edited = self.on_logits(routed)
+                # the shared experts' logits are not the toolkit's to edit: they go back bit for bit
+                return out if edited is routed else torch.cat([edited, out[..., self.E:]], dim=-1)
         elif func in _TOPK and (self.on_choice or self.on_select) and args and isinstance(args[0], torch.Tensor):
             x = args[0]
             dim = kwargs.get("dim", args[2] if len(args) > 2 else -1)
