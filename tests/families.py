@@ -34,6 +34,8 @@ class FamilyCase:
         unsupported: None, or why this toolkit cannot support the family in its design (it is then
             expected to be refused with that reason).
         notes: anything surprising about the family's layout.
+        router_shared_rows: shared experts scored by the router's own linear after the routed ones (Inkling:
+            weight ``[E+S, H]``); 0 for routers of ``[E, H]``.
     """
 
     family: str
@@ -47,12 +49,13 @@ class FamilyCase:
     unsupported: str | None = None
     notes: str = ""
     model_type: str = ""
+    router_shared_rows: int = 0
 
 
 # Families the toolkit must refuse by name (our reading of their code; the refusal must name the family).
 REFUSED = {
     "doge": "product-key experts", "zaya": "MLP router with a skip class", "jetmoe": "dispatch experts + MoA",
-    "dbrx": "2-D expert matrices", "inkling_text": "router shared with shared experts",
+    "dbrx": "2-D expert matrices",
     "longcat_flash": "zero-compute identity experts",
 }
 

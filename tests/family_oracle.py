@@ -14,14 +14,25 @@ import torch
 NEG = float("-inf")
 
 
-def router_linear(router_scope: torch.nn.Module, E: int, H: int):
-    """``(weight [E, H], bias [E] | None)`` of the router's logits linear inside ``router_scope``."""
+def router_linear(router_scope: torch.nn.Module, E: int, H: int, shared: int = 0):
+    """``(weight [E+shared, H], bias [E+shared] | None)`` of the router's logits linear inside ``router_scope``
+    (``shared``: rows after the routed ones that score shared experts, Inkling)."""
+    R = E + shared
     for name, p in router_scope.named_parameters():
-        if p.dim() == 2 and p.shape == (E, H) and "expert" not in name:
+        if p.dim() == 2 and p.shape == (R, H) and "expert" not in name:
             prefix = name.rsplit(".", 1)[0] + "." if "." in name else ""
             bias = dict(router_scope.named_parameters()).get(prefix + "bias")
-            return p, (bias if bias is not None and bias.shape == (E,) else None)
-    raise LookupError(f"no [E={E}, H={H}] router weight in {type(router_scope).__name__}")
+            return p, (bias if bias is not None and bias.shape == (R,) else None)
+    raise LookupError(f"no [E={E}{f'+{shared}' if shared else ''}, H={H}] router weight in {type(router_scope).__name__}")
+
+
+def route_scale(router_scope: torch.nn.Module) -> float | None:
+    """``route_scale`` (× a learnt ``global_scale`` where there is one: Inkling) of routers that scale so."""
+    scale = getattr(router_scope, "route_scale", None)
+    if scale is None:
+        return None
+    g = getattr(router_scope, "global_scale", None)
+    return float(scale) * (float(g.detach().float().reshape(-1)[0]) if isinstance(g, torch.Tensor) else 1.0)
 
 
 def correction_bias(router_scope: torch.nn.Module, E: int) -> torch.Tensor | None:
@@ -44,8 +55,17 @@ def _group_keep(choice, n_group, topk_group, score):
 
 
 def variants(rule: str, logits: torch.Tensor, masked: torch.Tensor | None, k: int, consts: dict):
-    """Yield ``(variant, indices [T, k], weights [T, k])`` of routing rule ``rule`` on ``logits [T, E]``."""
+    """Yield ``(variant, indices [T, k], weights [T, k])`` of routing rule ``rule`` on ``logits [T, E]``.
+
+    ``consts["shared"] = S`` (Inkling): ``logits`` is ``[T, E+S]``, its last ``S`` columns scoring the shared
+    experts, which are never chosen or masked; ``sigmoid_topk`` then also yields the variant whose weights
+    are normalised over the chosen *and* the shared experts' sigmoids (the shared experts as a sink).
+    """
     x = logits.float()
+    S = int(consts.get("shared") or 0)
+    sink = None
+    if S:
+        x, sink = x[:, :-S], x[:, -S:].sigmoid().sum(-1, keepdim=True)
     if masked is not None:
         x = x.masked_fill(masked, NEG)
     bias = consts.get("bias")
@@ -75,6 +95,10 @@ def variants(rule: str, logits: torch.Tensor, masked: torch.Tensor | None, k: in
         idx = pick(choice)
         for rn, sc in itertools.product((False, True), scales):
             yield (rule, rn, sc), idx, _renorm(s.gather(1, idx), rn) * sc
+        if sink is not None:
+            for sc in scales:
+                w = s.gather(1, idx)
+                yield (rule, "shared sink", sc), idx, w / (w.sum(-1, keepdim=True) + sink) * sc
     elif rule == "topk_softmax":
         v, idx = x.topk(k, dim=-1)
         yield (rule,), idx, v.softmax(-1)

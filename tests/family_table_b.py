@@ -290,7 +290,7 @@ def _inkling_text():
                              sliding_window_size=4, d_rel=4, rel_extent=16,
                              layer_types=["hybrid_sliding", "hybrid_sliding", "hybrid"],
                              mlp_layer_types=["dense", "sparse", "sparse"], n_routed_experts=8, **_MOE8,
-                             n_shared_experts=1, route_scale=2.5, max_position_embeddings=128)
+                             n_shared_experts=2, route_scale=2.5, max_position_embeddings=128)
 
 
 def _inkling2_kwargs():
@@ -494,12 +494,12 @@ CASES: list[FamilyCase] = [
               "the bias is a buffer on the MoE block: mlp.e_score_correction_bias; always renorm, "
               "x router_scaling_factor; shared experts added in fp32"),
     FamilyCase(
-        "inkling_text", _inkling_text, "other", 8, 2, [0], "InklingForCausalLM",
+        "inkling_text", _inkling_text, "sigmoid_topk", 8, 2, [0], "InklingForCausalLM", router_shared_rows=2,
         notes="router mlp.gate weight [E+n_shared,H]: sigmoid+bias choice on routed experts, weights = "
               "normalised sigmoid over the k chosen AND the shared experts (shared = sink), x route_scale x "
               "global_scale; returns 4-tuple (routed_logits[T,E], w[T,k], idx[T,k], shared_gammas[T,S]) and the "
-              "shared experts are scaled by those gammas; short convs after attn/mlp; final hidden / "
-              "logits_mup_width_multiplier before lm_head"),
+              "shared experts are scaled by those gammas (masking a routed expert changes them by that rule); "
+              "short convs after attn/mlp; final hidden / logits_mup_width_multiplier before lm_head"),
     FamilyCase(
         "inkling2_text", _inkling2_text, "sigmoid_topk", 8, 2, [], "Inkling2ForCausalLM",
         notes="all layers MoE, no shared experts; router mlp.gate (score_fn=scoring_func, +bias choice, "

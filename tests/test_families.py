@@ -129,9 +129,10 @@ def test_load_and_spec(name, root):
     assert s.family == (case.model_type or case.family)
     assert (s.n_experts, s.top_k) == (case.n_experts, case.top_k)
     assert s.moe_layers == expected_layers
+    assert s.router_shared_rows == case.router_shared_rows
     for l in s.moe_layers:
-        w, _ = oracle.router_linear(s.routing_scope(lm.hf, l), s.n_experts, s.hidden_size)
-        assert w.shape == (s.n_experts, s.hidden_size)
+        w, _ = oracle.router_linear(s.routing_scope(lm.hf, l), s.n_experts, s.hidden_size, case.router_shared_rows)
+        assert w.shape == (s.n_experts + case.router_shared_rows, s.hidden_size)
     _record(name, "load", "ok" + (f" ({'; '.join(s.notes)})" if s.notes else ""))
 
 
@@ -191,9 +192,11 @@ def test_reroute_exact_or_refused(name, root):
         assert not bad[idx2].any(), f"layer {l}: a masked expert was chosen"
         assert all(len(set(r.tolist())) == s.top_k for r in idx2), f"layer {l}: fewer than k experts"
         scope = s.routing_scope(lm.hf, l)
-        W, b = oracle.router_linear(scope, s.n_experts, s.hidden_size)
+        W, b = oracle.router_linear(scope, s.n_experts, s.hidden_size, case.router_shared_rows)
         consts = {"bias": oracle.correction_bias(scope, s.n_experts),
-                  "scale": getattr(scope, "routed_scaling_factor", None) or getattr(lm.hf.config, "routed_scaling_factor", None),
+                  "scale": getattr(scope, "routed_scaling_factor", None) or getattr(lm.hf.config, "routed_scaling_factor", None)
+                  or oracle.route_scale(scope),
+                  "shared": case.router_shared_rows,
                   "groups": (getattr(scope, "num_group", None) or getattr(scope, "n_group", None),
                              getattr(scope, "topk_group", None))}
         if consts["groups"][0] in (None, 1):
