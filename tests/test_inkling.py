@@ -32,19 +32,22 @@ def _ids(lm):
     return torch.tensor([lm.tokenizer(TEXT)["input_ids"]])
 
 
-def hand_block(block, x: torch.Tensor, masked: torch.Tensor, shared_fixed: torch.Tensor | None = None):
+def hand_block(block, x: torch.Tensor, masked: torch.Tensor, shared_fixed: torch.Tensor | None = None,
+               beta: torch.Tensor | None = None):
     """The Inkling MoE block on ``x [T, H]`` with routed experts ``masked`` (bool ``[E]``) at −inf logits.
 
     → ``(out [T, H], indices [T, k], gammas [T, S])``. ``shared_fixed [T, S]`` replaces the shared experts'
-    weights (to show that keeping them would be a different, wrong answer).
+    weights (to show that keeping them would be a different, wrong answer). ``beta [E]``: steering, added to
+    the routed logits and, for the choice only, to the choice scores (``boost_experts``' documented meaning).
     """
     gate, ex, sh = block.gate, block.experts, block.shared_experts
     E, k = ex.gate_up_proj.shape[0], gate.top_k
+    beta = torch.zeros(E) if beta is None else beta
     logits = x.float() @ gate.weight.float().T                                     # [T, E+S]
-    routed = logits[:, :E].masked_fill(masked, float("-inf"))
+    routed = (logits[:, :E] + beta).masked_fill(masked, float("-inf"))
     s = routed.sigmoid()
     choice = (s + gate.e_score_correction_bias.float()).masked_fill(masked, float("-inf"))
-    idx = choice.topk(k, dim=-1).indices                                           # [T, k]
+    idx = (choice + beta).topk(k, dim=-1).indices                                  # [T, k]
     chosen, shared = s.gather(1, idx), logits[:, E:].sigmoid()                     # [T, k], [T, S]
     denom = chosen.sum(-1, keepdim=True) + shared.sum(-1, keepdim=True)
     scale = gate.route_scale * gate.global_scale.float()
@@ -139,3 +142,39 @@ def test_shared_experts_are_not_maskable(lm, expert):
     with pytest.raises(ValueError, match=r"ids 0\.\.7.*shared expert"):
         with rl.mask_experts(lm, {1: [expert]}):
             pass
+
+
+def test_steered_block_is_the_hand_computation(lm):
+    """``boost_experts``: +β on a routed expert's logit and rank; the family's weights (shared sink) follow."""
+    ids = _ids(lm)
+    with Blocks(lm) as b, torch.no_grad():
+        lm.hf(ids)
+    x = b.seen[1][0]
+    block = lm.spec.moe_block(lm.hf, 1)
+    none = torch.zeros(8, dtype=torch.bool)
+    _, idx0, _ = hand_block(block, x, none)
+    e = int(torch.bincount(idx0.flatten(), minlength=8).argmin())  # the least used expert
+    beta = torch.zeros(8)
+    beta[e] = 3.0
+    with rl.boost_experts(lm, {1: [e]}, 3.0), Blocks(lm) as m, torch.no_grad():
+        lm.hf(ids)
+    want, idx, _ = hand_block(block, m.seen[1][0], none, beta=beta)
+    assert int((idx == e).sum()) > int((idx0 == e).sum())  # the boost changes the routing
+    torch.testing.assert_close(m.seen[1][1].float(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_ceft_trains_only_the_chosen_routed_experts(lm):
+    from routerlens_interp.examples import QAExample
+
+    data = [QAExample(f"{n} lives in {c}.", f"Where does {n} live?", [c]) for n in ("Alice", "Bob") for c in ("Paris", "Rome")]
+    before = {k: v.detach().clone() for k, v in lm.hf.state_dict().items()}
+    ad = rl.ceft(lm, data, experts={1: [3], 2: [5]}, max_steps=2, lr=1e-2, batch_size=2, progress=False, eval_points=1)
+    assert all(torch.equal(v, lm.hf.state_dict()[k]) for k, v in before.items())  # the base is left as it was
+    with ad.applied(lm):
+        after = lm.hf.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and all(".experts." in k for k in changed)  # neither the router nor the shared experts
+        for l, e in ((1, 3), (2, 5)):
+            for name in ("gate_up_proj", "down_proj"):
+                key = f"{lm.spec.experts_path(l)}.{name}"
+                assert [not torch.equal(before[key][i], after[key][i]) for i in range(8)] == [i == e for i in range(8)]
