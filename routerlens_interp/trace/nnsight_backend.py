@@ -72,9 +72,9 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
         if hooked:
             from ..hooks.streams import read_lens_states
 
-            def keep(i, state):  # every call overwrites: a looped layer keeps its last pass
+            def keep_state(i, state):  # every call overwrites: a looped layer keeps its last pass
                 out["resid"][i] = state[rows.to(state.device), q.to(state.device)].detach()
-            stack.enter_context(read_lens_states(lm, range(spec.n_layers), keep))
+            stack.enter_context(read_lens_states(lm, range(spec.n_layers), keep_state))
         # nothing reads the logits: only the last position's (a [B, T, V] tensor is GBs at real vocabularies)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.hf).forward).parameters else {}
         with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"], **keep):
