@@ -119,3 +119,14 @@ def test_unknown_stream_mixer_keeps_the_lens_off(tmp_path):
     assert reason is not None and "several streams" in reason and "hc_head" in reason
     with pytest.raises(ValueError, match="lens is off"):
         lm.trace(TEXT, routing=False, attention=False, lens=True, lens_targets=[5])
+
+
+def test_transformer_lens_backend_refuses_the_block_residual_lens(tmp_path):
+    """TransformerLens's hook_resid_post carries a layer's output, not the block states it received."""
+    from routerlens_interp.trace.tl_backend import TLUnsupportedError, collect
+
+    lm = _load("inkling2_text", tmp_path)
+    ids = _ids(lm)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with pytest.raises(TLUnsupportedError, match="block states"):
+        collect(lm, batch, torch.tensor([ids.shape[1] - 1]), None, routing=False, lens=True)
