@@ -40,8 +40,8 @@ def find_final_mix(base: nn.Module, base_path: str, layers: nn.ModuleList) -> tu
         mod = base._modules.get(name)
         if not isinstance(mod, nn.Module) or len(_positional(mod.forward)) != n_args:
             continue
-        if kind == "blocks" and not all(hasattr(l, "is_block_boundary") and _positional(l.forward)[1:2] == ["block_states"]
-                                        for l in layers):
+        if kind == "blocks" and not all(hasattr(l, "is_block_boundary")
+                                        and _positional(l.forward)[1:2] == ["block_states"] for l in layers):
             continue
         return kind, f"{base_path}.{name}" if base_path else name
     return None

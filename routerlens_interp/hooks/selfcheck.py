@@ -86,8 +86,8 @@ def check_lens(lm) -> str | None:
     elif not torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
         diff = (got - ref).abs().max().item()
         step = f"{spec.final_mix[1]} ({spec.final_mix[0]} mix) + " if spec.final_mix else ""
-        spec.lens = (f"{step}final norm + unembedding of the last residual stream does not reproduce the model's logits "
-                     f"(max difference {diff:.3g}): the family does more between its last layer and its logits")
+        spec.lens = (f"{step}final norm + unembedding of the last residual stream does not reproduce the model's "
+                     f"logits (max difference {diff:.3g}): the family does more between its last layer and its logits")
     lm.hooks.lens_checked = True  # only after a completed probe
     return spec.lens
 
