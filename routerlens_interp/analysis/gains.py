@@ -4,7 +4,8 @@ Definitions (DESIGN.md §1), at the last prompt position q of each example:
     A_l(S) = Σ_{k∈S} attn_l[q, k], averaged over heads, then over examples;
     CAG_l = (A_l^tuned(C) − A_l^base(C)) / A_l^base(C), C = context tokens;
     AAG_l = the same with S = gold-answer tokens inside the context;
-    APG_l = p_l^tuned − p_l^base, p_l = softmax(unembed(final_norm(h_l)))[first answer token].
+    APG_l = p_l^tuned − p_l^base, p_l = softmax(unembed(final_norm(h_l)))[first answer token]
+    (``final_norm(mix(h_l))`` for families with several residual streams: ``Trace.lens``).
 ``tuned`` may be an adapter (anything with ``.applied(lm)``), a second ``MoEModel``, or an expert set
 ``{layer: [experts]}`` to mask (so the same call measures what an ablation does).
 """

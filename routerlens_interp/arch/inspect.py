@@ -16,6 +16,7 @@ import inspect as inspect_sig
 import torch
 from torch import nn
 
+from .final_step import find_final_mix
 from .spec import MoESpec
 
 # model_type → name of its routing rule in tests/routing_oracle.py (the hand-written rules the tests compare with).
@@ -176,6 +177,7 @@ def inspect_model(model: nn.Module) -> MoESpec:
                            l)).__name__ for i, l in enumerate(layers) if not hasattr(l, attn_attr)}
     base = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
     norm_path = next((p for p in (f"{base}.{n}" if base else n for n in _NORM_NAMES) if _has(model, p)), None)
+    final_mix = find_final_mix(model.get_submodule(base) if base else model, base, layers)
     unembed = "lm_head" if hasattr(model, "lm_head") else None
     if unembed is None:
         raise NotMoEError(f"cannot find the unembedding (lm_head) of {type(model).__name__}; load a causal-LM or "
@@ -190,11 +192,12 @@ def inspect_model(model: nn.Module) -> MoESpec:
     spec = MoESpec(family=family, n_layers=len(layers), moe_layers=moe_layers, n_experts=n_experts,
                    top_k=top_k, routing=routing, layers_path=layers_path, moe_attr=moe_attr,
                    router_attr=router_attr, experts_attr=experts_attr, attn_attr=attn_attr,
-                   final_norm_path=norm_path or "", unembed_path=unembed, shared_experts_attr=shared_attr,
+                   final_norm_path=norm_path or "", unembed_path=unembed, final_mix=final_mix,
+                   shared_experts_attr=shared_attr,
                    routing_params=consts, hidden_size=H, routing_scope_attr=scope, experts_io=io, mixers=mixers,
                    router_shared_rows=0 if _router_in(router, n_experts, H) else _shared_rows(router, n_experts, H),
                    logit_scale=logit_scale(text_cfg), experts_kind=kind, implementation=implementation(model))
-    if norm_path is None:
+    if norm_path is None and final_mix is None:  # a stream mixer may normalise itself (check_lens verifies)
         spec.lens = f"no final norm found (looked for {', '.join(_NORM_NAMES)} next to the decoder layers)"
     if model.config is not text_cfg:
         spec.notes.append(f"text model of {type(model).__name__}: the other towers are not traced")

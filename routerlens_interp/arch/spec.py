@@ -28,7 +28,11 @@ class MoESpec:
         moe_attr: path of the MoE block inside a decoder layer (``"mlp"``, ``"block_sparse_moe"``).
         router_attr / experts_attr: paths inside the MoE block.
         attn_attr: self-attention module inside a decoder layer.
-        final_norm_path / unembed_path: final norm and unembedding (logit lens).
+        final_norm_path / unembed_path: final norm and unembedding (logit lens); ``final_norm_path`` is ``""``
+            when the family has none of its own (Qwen4-Exp: its stream mixer normalises).
+        final_mix: ``(kind, path)`` of the module the base model applies to the last layer's streams before its
+            final norm (``"streams"``: hyper-connections, ``"blocks"``: block attention residuals; see
+            :mod:`routerlens_interp.arch.final_step`), or None when the last layer's output goes to the norm.
         shared_experts_attr: shared (never routed) experts inside the MoE block, if any.
         router_shared_rows: ``S`` when the router's linear also scores the shared experts (Inkling: weight
             ``[E+S, H]``, rows ``E..E+S-1`` for the shared experts, whose weights the family normalises together
@@ -69,6 +73,7 @@ class MoESpec:
     attn_attr: str = "self_attn"
     final_norm_path: str = "model.norm"
     unembed_path: str = "lm_head"
+    final_mix: tuple | None = None
     shared_experts_attr: str | None = None
     router_shared_rows: int = 0
     routing_params: dict = field(default_factory=dict)
@@ -123,8 +128,13 @@ class MoESpec:
         self.check_moe_layer(layer)
         return get_path(self.layers(model)[layer], self.routing_scope_attr)
 
-    def final_norm(self, model: nn.Module) -> nn.Module:
-        return get_path(model, self.final_norm_path)
+    def final_norm(self, model: nn.Module) -> nn.Module | None:
+        """The final norm, or None for a family without one (``final_norm_path == ""``)."""
+        return get_path(model, self.final_norm_path) if self.final_norm_path else None
+
+    def final_mixer(self, model: nn.Module) -> nn.Module | None:
+        """The module mixing the last layer's streams before the final norm (``final_mix``), or None."""
+        return get_path(model, self.final_mix[1]) if self.final_mix else None
 
     def unembed(self, model: nn.Module) -> nn.Module:
         return get_path(model, self.unembed_path)

@@ -4,8 +4,8 @@
   exactly one router linear ``[E, H]`` per routing call, and under a mask of the busiest experts the
   family's own routing must pick ``k`` distinct, unmasked experts for every token. Layers that fail are
   refused for ``reroute`` (``spec.reroute_refused``); ``zero`` still works there.
-- :func:`check_lens`: ``lens_logits`` of the last layer's residual must equal the model's own logits;
-  otherwise the logit lens is switched off with the reason (``spec.lens``).
+- :func:`check_lens`: ``lens_logits`` of the last layer's lens state (its residual streams, :mod:`.streams`)
+  must equal the model's own logits; otherwise the logit lens is switched off with the reason (``spec.lens``).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from contextlib import ExitStack
 
 import torch
 
+from ..arch.final_step import MIXERS
 
 class RerouteUnavailable(NotImplementedError):
     """``reroute`` cannot be done exactly on this model or layer; ``mode="zero"`` still works."""
@@ -29,16 +30,23 @@ def _forward(lm, ids):
 
 
 def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
-    """The model's own step from residual stream to logits: ``[..., D] → [..., V]`` (final norm, unembedding,
-    and the family's logit scaling or soft-capping)."""
+    """The model's own step from a layer's lens state to logits: ``[..., D] → [..., V]``, or for families with
+    several residual streams ``[..., S, D]`` / ``[..., S·D]`` / ``[..., n+1, D]`` (see :mod:`.streams`): the
+    family's stream mixing, final norm, unembedding, and the family's logit scaling or soft-capping."""
     spec = lm.spec
     if spec.lens is not None:
         raise ValueError(f"the logit lens is off for this {spec.family} model: {spec.lens}")
     from .devices import module_device
+    from .streams import mix_streams
 
+    h = mix_streams(lm, h)
     norm, unembed = spec.final_norm(lm.hf), spec.unembed(lm.hf)
-    h = norm(h.to(module_device(norm, h.device)))  # each module's input on its own device (device maps)
-    logits = unembed(h.to(module_device(unembed, h.device)))
+    if norm is not None:  # each module's input on its own device (device maps)
+        h = norm(h.to(module_device(norm, h.device)))
+    w = getattr(unembed, "weight", None)
+    # in the unembedding's dtype, as the families do whose lm_head (HY-V4) or final norm (Inkling2) runs in fp32
+    dtype = w.dtype if isinstance(w, torch.Tensor) and w.is_floating_point() else h.dtype
+    logits = unembed(h.to(module_device(unembed, h.device), dtype))
     if spec.logit_scale is not None:
         op, v = spec.logit_scale
         logits = logits / v if op == "divide" else logits * v if op == "multiply" else torch.tanh(logits / v) * v
@@ -47,7 +55,8 @@ def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def check_lens(lm) -> str | None:
-    """Set and return ``lm.spec.lens``: None when the last layer's lens equals the model's logits."""
+    """Set and return ``lm.spec.lens``: None when the last layer's lens equals the model's logits (the
+    family's stream mixing, when it has one, included)."""
     spec = lm.spec
     if lm.hooks.lens_checked:  # once per model: trace calls this on every call
         return spec.lens
@@ -59,7 +68,9 @@ def check_lens(lm) -> str | None:
     was = lm.hf.training
     lm.hf.eval()
     try:
-        with lm.hooks.read(f"blocks.{last}.hook_resid_post", seen.append):
+        from .streams import read_lens_states
+
+        with read_lens_states(lm, [last], lambda l, state: seen.append(state)):
             ref = _forward(lm, ids).float()
         got = lens_logits(lm, seen[-1]).float()
     except Exception as err:  # an unusual final block: no lens rather than a wrong one
@@ -70,11 +81,13 @@ def check_lens(lm) -> str | None:
         lm.hf.train(was)
     if got.shape != ref.shape:
         spec.lens = (f"the residual stream after the last layer has shape {tuple(seen[-1].shape)} (several streams "
-                     f"mixed before the final norm), so final norm + unembedding cannot read it")
+                     f"mixed before the final norm, by no module this toolkit knows: {', '.join(MIXERS)}), so "
+                     f"final norm + unembedding cannot read it")
     elif not torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
         diff = (got - ref).abs().max().item()
-        spec.lens = (f"final norm + unembedding of the last residual stream does not reproduce the model's logits "
-                     f"(max difference {diff:.3g}): the family does more between its last layer and its logits")
+        step = f"{spec.final_mix[1]} ({spec.final_mix[0]} mix) + " if spec.final_mix else ""
+        spec.lens = (f"{step}final norm + unembedding of the last residual stream does not reproduce the model's "
+                     f"logits (max difference {diff:.3g}): the family does more between its last layer and its logits")
     lm.hooks.lens_checked = True  # only after a completed probe
     return spec.lens
 

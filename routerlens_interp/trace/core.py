@@ -139,7 +139,10 @@ def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Te
     """Logit lens at chosen positions only.
 
     Args:
-        resid: per layer ``[B, D]`` residual stream after the layer at the query positions.
+        resid: per layer the lens state after the layer at the query positions: ``[B, D]``, or for families
+            with several residual streams ``[B, S, D]`` / ``[B, S·D]`` / ``[B, n_l + 1, D]``
+            (:mod:`routerlens_interp.hooks.streams`; block-residual families have more block states in
+            later layers).
         targets: ``[B]`` token ids.
 
     Returns ``[B, L]`` probability of each target after each layer.
@@ -147,9 +150,16 @@ def lens_probs(lm, resid: list[torch.Tensor], targets: torch.Tensor) -> torch.Te
     from ..hooks.devices import module_device
     from ..hooks import lens_logits
 
-    # a device map leaves each layer's residual on its own device: join them where the final norm runs
-    dev = module_device(lm.spec.final_norm(lm.hf), resid[0].device)
-    h = torch.stack([r.detach().to(dev) for r in resid], dim=1)  # [B, L, D]
-    probs = lens_logits(lm, h).float().softmax(dim=-1)
-    t = targets.to(probs.device)[:, None, None].expand(-1, probs.shape[1], 1)
-    return probs.gather(-1, t).squeeze(-1).cpu()
+    # a device map leaves each layer's residual on its own device: join them where the lens starts
+    spec = lm.spec
+    first = next(m for m in (spec.final_mixer(lm.hf), spec.final_norm(lm.hf), spec.unembed(lm.hf)) if m is not None)
+    dev = module_device(first, resid[0].device)
+    states = [r.detach().to(dev) for r in resid]
+    # all layers in one call where their states have one shape ([B, L, ...]), else one layer at a time
+    groups = [torch.stack(states, dim=1)] if len({s.shape for s in states}) == 1 else [s[:, None] for s in states]
+    out = []
+    for h in groups:
+        probs = lens_logits(lm, h).float().softmax(dim=-1)  # [B, L', V]
+        t = targets.to(probs.device)[:, None, None].expand(-1, probs.shape[1], 1)
+        out.append(probs.gather(-1, t).squeeze(-1).cpu())
+    return torch.cat(out, dim=1)

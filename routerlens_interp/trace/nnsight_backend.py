@@ -6,7 +6,11 @@ from the hook layer's ``blocks.L.attn.hook_pattern`` at the query rows only (eag
 module's probabilities; SDPA models: only those rows are computed). Routing is read from the hook layer's
 router and experts points, where masks act, so a trace
 under a mask records the routing the model really ran. Inside the trace only small tensors are kept: the
-query row of each attention reduced to span masses ``[B, H, S]`` and the residual at the query ``[B, D]``.
+query row of each attention reduced to span masses ``[B, H, S]`` and the residual at the query ``[B, D]``
+(``[B, S, D]`` / ``[B, S·D]`` with several residual streams: the layer's output as it is). Block-residual
+families (``spec.final_mix[0] == "blocks"``, Inkling2) are read with forward hooks instead
+(:func:`routerlens_interp.hooks.streams.read_lens_states`): their lens state needs the block states each layer
+receives, and a looped layer's last pass.
 """
 from __future__ import annotations
 
@@ -50,7 +54,8 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
         span_masks: ``[B, S, T]`` float masks of the spans, or None for no attention.
 
     Returns ``{"logits": {l: [B*T, E]}, "weights": {l: [B*T, k]}, "indices": {l: [B*T, k]},
-    "attention": {l: [B, H, S]} (attention layers only), "resid": {l: [B, D]}}``.
+    "attention": {l: [B, H, S]} (attention layers only), "resid": {l: lens state at the query}}``, the lens
+    state ``[B, D]``, or ``[B, S, D]`` / ``[B, S·D]`` / ``[B, n_l + 1, D]`` (:mod:`routerlens_interp.hooks.streams`).
     """
     spec, nm = lm.spec, lm.nnsight
     B = batch["input_ids"].shape[0]
@@ -63,12 +68,19 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
             routing_reads(lm, stack, out)
         if span_masks is not None:
             attention_reads(lm, stack, out, q, span_masks)
+        hooked = lens and spec.final_mix is not None and spec.final_mix[0] == "blocks"
+        if hooked:
+            from ..hooks.streams import read_lens_states
+
+            def keep_state(i, state):  # every call overwrites: a looped layer keeps its last pass
+                out["resid"][i] = state[rows.to(state.device), q.to(state.device)].detach()
+            stack.enter_context(read_lens_states(lm, range(spec.n_layers), keep_state))
         # nothing reads the logits: only the last position's (a [B, T, V] tensor is GBs at real vocabularies)
         keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(type(lm.hf).forward).parameters else {}
         with torch.no_grad(), nm.trace(batch["input_ids"], attention_mask=batch["attention_mask"], **keep):
             for i in range(spec.n_layers):
                 layer = layers[i]
-                if lens:
+                if lens and not hooked:
                     h = layer.output
                     h = h[0] if isinstance(h, tuple) else h  # some layers also return indexer state
                     # indices on the layer's own device (a device map puts layers on several devices)

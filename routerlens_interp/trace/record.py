@@ -37,7 +37,8 @@ class Trace:
             attention probabilities over the span's tokens), or None.
         query: ``[N]`` query position of each example (default: last prompt position).
         lens: ``[N, L]`` logit-lens probability of the target token at the query position after each
-            layer (``softmax(unembed(final_norm(h_l)))``), or None.
+            layer (``softmax(unembed(final_norm(mix(h_l))))``, ``mix`` the family's own stream mixing where
+            it carries several residual streams, :mod:`routerlens_interp.hooks.streams`), or None.
         lens_targets: ``[N]`` target token ids.
         attention_layers: the layers whose attention was recorded; the others (linear attention, Mamba,
             convolution layers of hybrid models) are NaN in ``attention``.

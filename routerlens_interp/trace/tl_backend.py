@@ -155,11 +155,16 @@ def collect(lm, batch: dict, query: torch.Tensor, span_masks: torch.Tensor | Non
         span_masks: ``[B, S, T]`` float masks of the spans, or None for no attention.
 
     Returns ``{"logits": {l: [B*T, E]}, "weights": {l: [B*T, k]}, "indices": {l: [B*T, k]},
-    "attention": {l: [B, H, S]}, "resid": {l: [B, D]}}``.
+    "attention": {l: [B, H, S]}, "resid": {l: [B, D]}}`` (``[B, S, D]`` / ``[B, S·D]`` with several residual
+    streams: ``hook_resid_post`` as it is).
     """
     from .nnsight_backend import routing_reads
 
     spec = lm.spec
+    if lens and spec.final_mix is not None and spec.final_mix[0] == "blocks":
+        raise TLUnsupportedError(f"the logit lens of this {spec.family} model reads the block states each layer "
+                                 f"receives ({spec.final_mix[1]}), which TransformerLens's hook_resid_post does not "
+                                 f"carry; use backend='nnsight'")
     ids = batch["input_ids"]
     B = ids.shape[0]
     rows = torch.arange(B, device=ids.device)
