@@ -199,7 +199,7 @@ def probe_attention(lm) -> None:
                 shape = tuple(p.shape) if isinstance(p, torch.Tensor) else type(p).__name__
                 seen[l] = f"{type(module).__name__} (no [B, H, T, T] softmax probabilities: {shape})"
         try:
-            handles.append(spec.attention(hf, l).register_forward_hook(hook))
+            handles += [m.register_forward_hook(hook) for m in spec.attention_modules(hf, l)]
         except AttributeError:
             seen[l] = f"{type(spec.layers(hf)[l]).__name__} without a {spec.attn_attr} module"
     was = hf.training

@@ -55,8 +55,6 @@ class FamilyCase:
 # Families the toolkit must refuse by name (our reading of their code; the refusal must name the family).
 REFUSED = {
     "doge": "product-key experts", "zaya": "MLP router with a skip class", "jetmoe": "dispatch experts + MoA",
-    "dbrx": "2-D expert matrices",
-    "longcat_flash": "zero-compute identity experts",
 }
 
 

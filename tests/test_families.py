@@ -223,26 +223,57 @@ def test_reroute_exact_or_refused(name, root):
     _record(name, "reroute", note)
 
 
+def _n_weighted(experts) -> int:
+    """Experts with weights in an experts module: the rows of its down projection (LongCat-Flash: E of E+Z)."""
+    down = getattr(experts, "down_proj", None)
+    return down.shape[0] if isinstance(down, torch.Tensor) and down.dim() == 3 else 10 ** 9
+
+
+def _minus_identity(ids):
+    """Forward hook on an experts module: its output minus ``w[t, j] · x_t`` for every slot routed to one of the
+    zero-compute identity experts ``ids`` (what those experts add, read off the module's own inputs)."""
+    def hook(module, args, out):
+        x, idx, w = args[:3]
+        x2 = x.reshape(-1, x.shape[-1])
+        hit = torch.isin(idx.reshape(x2.shape[0], -1), torch.tensor(ids, device=idx.device))
+        share = (w.reshape(x2.shape[0], -1) * hit).sum(-1, keepdim=True)
+        return out - (share * x2).to(out.dtype).reshape(out.shape)
+    return hook
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_zero_equals_zeroed_expert_outputs(name, root):
     lm = _load(name, root)
     s = lm.spec
     ids = _ids(lm)
     mask = _busiest(lm, ids, 2)
+    if s.identity_experts:  # LongCat-Flash: also its busiest zero-compute identity expert
+        first = s.n_experts - s.identity_experts
+        extra = _busiest(lm, ids, s.n_experts)
+        mask = {l: sorted(set(ex) | {next(e for e in extra[l] if e >= first)}) for l, ex in mask.items()}
     with rl.mask_experts(lm, mask, mode="zero"), torch.no_grad():
         got = lm.hf(ids).logits
-    saved = []
+    saved, handles = [], []
     with torch.no_grad():
         for l, ex in mask.items():
-            for pname, p in s.experts(lm.hf, l).named_parameters():
-                if "down" in pname and p.shape[0] == s.n_experts:
+            experts = s.experts(lm.hf, l)
+            for pname, p in experts.named_parameters():
+                # DBRX keeps the down projection as a flat [E·I, H] matrix mlp.w2: expert e is view(E, I, H)[e]
+                rows = p.data.view(s.n_experts, -1, p.shape[-1]) if pname.endswith("mlp.w2") and p.dim() == 2 else p.data
+                weighted = [e for e in ex if e < rows.shape[0]]
+                if ("down" in pname or pname.endswith("mlp.w2")) and rows.shape[0] in (s.n_experts, _n_weighted(experts)):
                     saved.append((p, p.data.clone()))
-                    p.data[ex] = 0
+                    rows[weighted] = 0
+            identity = [e for e in ex if e >= _n_weighted(experts)]
+            if identity:  # LongCat-Flash: a zero-compute expert adds w · x (nn.Identity): take that off by hand
+                handles.append(experts.register_forward_hook(_minus_identity(identity)))
         try:
             want = lm.hf(ids).logits
         finally:
             for p, d in saved:
                 p.data.copy_(d)
+            for h in handles:
+                h.remove()
     assert saved, "no down projection found in the experts module"
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     _record(name, "zero", "ok")

@@ -1,6 +1,7 @@
 """Build a :class:`MoESpec` for a loaded model by walking its module tree.
 
-An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``), or an
+An MoE layer is a module with per-expert stacked projections (3-D ``*proj`` parameters ``[E, ., .]``; LongCat-Flash
+adds zero-compute identity experts, DBRX keeps flat ``[E·I, H]`` matrices: :mod:`.layouts`), or an
 ``nn.ModuleList`` of ``E`` like MLPs of 2-D linears (remote code: ``experts_kind = "module_list"``), next to
 a router: a sibling module holding a ``[E, H]`` weight (``gate``, ``router``, a nested ``.wg``/``.classifier``/
 ``.proj`` linear, or a router on the decoder layer itself), or a ``[E+S, H]`` weight that also scores its
@@ -16,6 +17,7 @@ import inspect as inspect_sig
 import torch
 from torch import nn
 
+from . import layouts
 from .final_step import find_final_mix
 from .spec import MoESpec
 
@@ -62,17 +64,14 @@ UNSUPPORTED = {
             "whose logits can be masked",
     "jetmoe": "dispatch experts and a mixture of attention heads (experts inside attention too): the expert "
               "inputs are not (indices, weights) of one experts module",
-    "dbrx": "experts stored as 2-D [E·I, H] matrices (w1, v1, w2) rather than stacked per expert, so an expert's "
-            "weights cannot be addressed as one slice (routing itself would fit; not done yet)",
-    "longcat_flash": "the router also picks zero-compute identity experts (router width E+Z, down_proj of E rows), "
-                     "which do not fit one experts module of E stacked experts (not done yet)",
 }
-SUPPORTED = ("61 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
+SUPPORTED = ("63 MoE families of transformers 5.24, among them OLMoE, Mixtral, Qwen2-MoE, Qwen3-MoE, Qwen3-Next, "
              "DeepSeek-V2, DeepSeek-V3, GLM-4.5, GPT-OSS, Llama 4, ERNIE 4.5, dots.llm1, MiniMax-M2, Kimi-Linear, "
-             "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE (any family with a router linear [E, H] next to an experts "
-             "module of per-expert stacked projections; the README's table lists all 66); remote code whose experts are "
-             "an nn.ModuleList of per-expert MLPs next to an [E, H] gate (MiniCPM-MoE, DeepSeek-V2 with "
-             "trust_remote_code=True); not Doge, Zaya, JetMoE, DBRX, LongCat-Flash")
+             "Hunyuan, Jamba, Gemma 4, PhiMoE, GraniteMoE, DBRX, LongCat-Flash (any family with a router linear [E, H] "
+             "next to an experts module of per-expert stacked projections, DBRX's 2-D [E·I, H] expert matrices, or "
+             "LongCat-Flash's zero-compute identity experts; the README's table lists all 66); remote code whose "
+             "experts are an nn.ModuleList of per-expert MLPs next to an [E, H] gate (MiniCPM-MoE, DeepSeek-V2 with "
+             "trust_remote_code=True); not Doge, Zaya, JetMoE")
 _NORM_NAMES = ("norm", "final_layernorm", "norm_f", "embedding_norm", "ln_f", "final_norm")
 _ATTN_NAMES = ("self_attn", "attn", "attention", "self_attention")
 
@@ -127,11 +126,15 @@ def _shared_rows(mod: nn.Module, E: int, H: int) -> int:
 
 
 def _find_moe(layer: nn.Module, H: int):
-    """→ (moe_attr, router_attr, experts_attr, shared_attr, E) or None for a dense layer."""
+    """→ (moe_attr, router_attr, experts_attr, shared_attr, E, layout) or None for a dense layer. ``layout``
+    holds the :class:`MoESpec` fields of an unusual experts layout (:mod:`.layouts`): ``{}``,
+    ``{"identity_experts": Z}`` or ``{"experts_layout": "flat", "expert_weights_attr": child}``."""
     for name, mod in layer.named_modules():
         if name.count(".") > 1:
             continue
-        E = _expert_count(mod)
+        E, layout = _expert_count(mod), {}
+        if E is None and (ident := layouts.identity_layout(mod)) is not None:
+            E, layout = ident[0], {"identity_experts": ident[1]}
         if E is None:
             continue
         parent_name, _, experts_attr = name.rpartition(".")
@@ -141,9 +144,27 @@ def _find_moe(layer: nn.Module, H: int):
         if not routers:
             continue
         router = routers[0] if len(routers) == 1 else next((n for n in routers if n in ("gate", "router")), routers[0])
-        shared = next((n for n, _ in block.named_children() if n in ("shared_expert", "shared_experts")), None)
-        return parent_name, router, experts_attr, shared, E
+        return parent_name, router, experts_attr, _shared(block), E, layout
+    return _find_flat(layer, H)
+
+
+def _find_flat(layer: nn.Module, H: int):
+    """The DBRX layout (2-D ``[E·I, H]`` experts matrices, :func:`.layouts.flat_layout`), as :func:`_find_moe`."""
+    for name, mod in layer.named_modules():
+        flat = layouts.flat_layout(mod, H) if name and name.count(".") <= 1 else None
+        if flat is None:
+            continue
+        parent_name, _, experts_attr = name.rpartition(".")
+        block = layer.get_submodule(parent_name) if parent_name else layer
+        found = layouts.flat_router(block, experts_attr, flat[0], H)
+        if found is not None:
+            return (parent_name, found[0], experts_attr, _shared(block), found[1],
+                    {"experts_layout": "flat", "expert_weights_attr": flat[1]})
     return None
+
+
+def _shared(block: nn.Module) -> str | None:
+    return next((n for n, _ in block.named_children() if n in ("shared_expert", "shared_experts")), None)
 
 
 def inspect_model(model: nn.Module) -> MoESpec:
@@ -163,7 +184,7 @@ def inspect_model(model: nn.Module) -> MoESpec:
             f"{type(model).__name__} ({family}) is not an MoE model, or its layout is one this toolkit "
             f"cannot read (no router linear [E, H] next to an experts module of stacked projections). "
             f"Supported: {SUPPORTED}.")
-    moe_attr, router_attr, experts_attr, shared_attr, n_experts = found[moe_layers[0]]
+    moe_attr, router_attr, experts_attr, shared_attr, n_experts, layout = found[moe_layers[0]]
     block = layers[moe_layers[0]].get_submodule(moe_attr) if moe_attr else layers[moe_layers[0]]
     router = getattr(block, router_attr)
     experts = getattr(block, experts_attr)
@@ -172,9 +193,13 @@ def inspect_model(model: nn.Module) -> MoESpec:
                 or getattr(text_cfg, "num_experts_per_token"))
     routing = KNOWN_FAMILIES.get(family) or INSPECTED_FAMILIES.get(family) or ROUTING_RULES.get(family, "family code")
     attn_attr = next((n for l in layers for n, _ in l.named_children() if n in _ATTN_NAMES), None) or next(
-        (n for l in layers for n, c in l.named_children() if type(c).__name__.endswith("Attention")), "self_attn")
+        (n for l in layers for n, c in l.named_children() if type(c).__name__.endswith("Attention")), None) or next(
+        # one level down (DBRX: norm_attn_norm.attn)
+        (n for l in layers for n, _ in l.named_modules() if n.count(".") == 1 and n.split(".")[1] in _ATTN_NAMES),
+        "self_attn")
     mixers = {i: type(next((c for n, c in l.named_children() if n in ("mamba", "linear_attn", "conv", "mixer")),
-                           l)).__name__ for i, l in enumerate(layers) if not hasattr(l, attn_attr)}
+                           l)).__name__ for i, l in enumerate(layers)
+              if not (_has(l, attn_attr) if "." in attn_attr else hasattr(l, attn_attr))}
     base = layers_path.rsplit(".", 1)[0] if "." in layers_path else ""
     norm_path = next((p for p in (f"{base}.{n}" if base else n for n in _NORM_NAMES) if _has(model, p)), None)
     final_mix = find_final_mix(model.get_submodule(base) if base else model, base, layers)
@@ -182,8 +207,10 @@ def inspect_model(model: nn.Module) -> MoESpec:
     if unembed is None:
         raise NotMoEError(f"cannot find the unembedding (lm_head) of {type(model).__name__}; load a causal-LM or "
                           f"image-text-to-text class. Supported: {SUPPORTED}")
-    # Routers that are a plain Linear give logits only; the block then decides the top-k.
-    scope = ".".join(p for p in (moe_attr, router_attr) if p) if type(router) is not nn.Linear else moe_attr
+    # Routers that are a plain Linear give logits only; the block then decides the top-k. So does a router
+    # module without a top_k of its own next to a block that has one (DBRX: ffn.router returns logits).
+    logits_only = type(router) is nn.Linear or (not hasattr(router, "top_k") and hasattr(block, "top_k"))
+    scope = ".".join(p for p in (moe_attr, router_attr) if p) if not logits_only else moe_attr
     kind = "module_list" if isinstance(experts, nn.ModuleList) else "fused"
     params = list(inspect_sig.signature(experts.forward).parameters) if kind == "fused" else []
     io = "module_list" if kind == "module_list" else "fused" if len(params) >= 3 else "dense_scores"
@@ -196,9 +223,16 @@ def inspect_model(model: nn.Module) -> MoESpec:
                    shared_experts_attr=shared_attr,
                    routing_params=consts, hidden_size=H, routing_scope_attr=scope, experts_io=io, mixers=mixers,
                    router_shared_rows=0 if _router_in(router, n_experts, H) else _shared_rows(router, n_experts, H),
-                   logit_scale=logit_scale(text_cfg), experts_kind=kind, implementation=implementation(model))
+                   logit_scale=logit_scale(text_cfg), experts_kind=kind, implementation=implementation(model),
+                   **layout)
     if norm_path is None and final_mix is None:  # a stream mixer may normalise itself (check_lens verifies)
         spec.lens = f"no final norm found (looked for {', '.join(_NORM_NAMES)} next to the decoder layers)"
+    subs = next((len(m) for l in layers if _has(l, attn_attr) and isinstance(m := l.get_submodule(attn_attr),
+                                                                            nn.ModuleList)), 0)
+    if subs:
+        spec.notes.append(f"each decoder layer holds {subs} attention sublayers ({attn_attr}[0..{subs - 1}]): "
+                          f"attn.hook_pattern gives their heads side by side [B, {subs}·H, R, T], attn.hook_mask "
+                          "edits the mask of each")
     if model.config is not text_cfg:
         spec.notes.append(f"text model of {type(model).__name__}: the other towers are not traced")
     return spec

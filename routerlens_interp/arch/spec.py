@@ -20,7 +20,7 @@ class MoESpec:
         family: ``config.model_type`` (e.g. ``"olmoe"``).
         n_layers: number of decoder layers.
         moe_layers: decoder-layer indices that hold routed experts (dense layers are left out).
-        n_experts: routed experts per MoE layer.
+        n_experts: routed experts per MoE layer (the router's width; with ``identity_experts`` included).
         top_k: experts per token.
         routing: name of the family's routing rule (DESIGN §7; documentation only: ``reroute`` runs the
             family's own router code, see :mod:`routerlens_interp.hooks`).
@@ -47,6 +47,13 @@ class MoESpec:
         experts_kind: ``"fused"`` (one module of stacked ``[E, ., .]`` projections, transformers 5) or
             ``"module_list"`` (an ``nn.ModuleList`` of per-expert MLPs with 2-D linears: remote code such as
             MiniCPM-MoE or DeepSeek-V2 with ``trust_remote_code``; see :mod:`routerlens_interp.hooks.experts_list`).
+        experts_layout: ``"stacked"`` (tensor ``[e]`` is expert ``e``) or ``"flat"`` (DBRX: 2-D ``[E·I, H]``
+            matrices in ``experts.<expert_weights_attr>``, expert ``e`` = ``w.view(E, I, H)[e]``); see
+            :mod:`routerlens_interp.arch.layouts`.
+        expert_weights_attr: the child of the experts module that holds the flat matrices (``"mlp"``), else "".
+        identity_experts: ``Z``, the zero-compute identity experts among the ``n_experts`` ids (LongCat-Flash):
+            ids ``n_experts - Z .. n_experts - 1`` return their input times the routing weight and have no
+            weights; counting, reroute and zero treat them as experts, CEFT refuses them.
         implementation: ``"transformers native"`` or ``"remote code: <module>"`` (the model class's module, as
             a ``trust_remote_code=True`` load picked it).
         attention_layers: decoder layers whose mixer is softmax attention returning its probabilities
@@ -81,6 +88,9 @@ class MoESpec:
     routing_scope_attr: str = ""
     experts_io: str = "fused"
     experts_kind: str = "fused"
+    experts_layout: str = "stacked"
+    expert_weights_attr: str = ""
+    identity_experts: int = 0
     implementation: str = "transformers native"
     attention_layers: list[int] | None = None
     mixers: dict = field(default_factory=dict)
@@ -118,6 +128,13 @@ class MoESpec:
             raise ValueError(f"layer {layer} of this {self.family} model has no softmax attention "
                              f"({self.mixer_kind(layer)}); attention layers: {self.attention_layers}")
         return get_path(self.layers(model)[layer], self.attn_attr)
+
+    def attention_modules(self, model: nn.Module, layer: int) -> list[nn.Module]:
+        """The attention module of ``layer``, or each of its attention sublayers in order where ``attn_attr`` is
+        an ``nn.ModuleList`` (LongCat-Flash: ``self_attn[0]``, ``self_attn[1]``; the layer's pattern is then
+        their heads side by side, and an attention mask edit applies to each)."""
+        m = self.attention(model, layer)
+        return list(m) if isinstance(m, nn.ModuleList) else [m]
 
     def mixer_kind(self, layer: int) -> str:
         """``"softmax attention"`` or what mixes tokens in ``layer`` instead."""

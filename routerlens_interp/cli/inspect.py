@@ -51,7 +51,8 @@ def describe(spec, hf, checks: dict, name: str) -> dict:
            "n_layers": spec.n_layers,
            "moe_layers": list(spec.moe_layers), "dense_layers": dense, "n_experts": spec.n_experts,
            "top_k": spec.top_k, "routing": spec.routing, "routing_params": dict(spec.routing_params),
-           "experts_kind": kind, "shared_experts": spec.shared_experts_attr,
+           "experts_kind": kind, "experts_layout": spec.experts_layout, "identity_experts": spec.identity_experts,
+           "shared_experts": spec.shared_experts_attr,
            "attention_layers": list(spec.attention_layers), "mixers": {str(k): v for k, v in spec.mixers.items()},
            "lens": "available" if spec.lens is None and checks.get("lens") == "pass" else spec.lens or checks.get("lens"),
            "hook_points": hook_points(spec), "parameters": n_params,
@@ -125,8 +126,10 @@ def human(rec: dict) -> str:
     lines = [f"model       {rec['model']}  ({rec['class']}, {rec['implementation']})",
              f"family      {rec['family']}: {rec['n_layers']} layers, MoE layers {ranges(rec['moe_layers'])}, "
              f"dense {ranges(rec['dense_layers'])}",
-             f"experts     {rec['n_experts']} routed per MoE layer, top-{rec['top_k']}, kind {rec['experts_kind']}, "
-             f"shared {rec['shared_experts'] or 'none'}",
+             f"experts     {rec['n_experts']} routed per MoE layer, top-{rec['top_k']}, kind {rec['experts_kind']}"
+             + (f" ({rec['experts_layout']} [E·I, H] matrices)" if rec.get("experts_layout") == "flat" else "")
+             + (f" (ids {rec['n_experts'] - rec['identity_experts']}..{rec['n_experts'] - 1} zero-compute identity)"
+                if rec.get("identity_experts") else "") + f", shared {rec['shared_experts'] or 'none'}",
              f"routing     {rec['routing']}" + (f" ({rp})" if rp else ""),
              f"attention   softmax on layers {ranges(rec['attention_layers'])}; other mixers: {mix}",
              f"lens        {rec['lens']}",

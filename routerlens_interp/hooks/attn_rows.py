@@ -48,16 +48,21 @@ def _rows_attention(module, query, key, value, attention_mask, **kwargs):
     return out
 
 
-def attention_modules(lm) -> dict[int, torch.nn.Module]:
-    """``{layer: attention module}`` of the layers with softmax attention."""
-    return {l: lm.spec.attention(lm.hf, l) for l in lm.spec.attention_layers}
+def attention_modules(lm) -> dict:
+    """``{layer: attention module}`` of the layers with softmax attention (``"layer.i"`` keys for the
+    sublayers of a layer with several, LongCat-Flash)."""
+    out = {}
+    for l in lm.spec.attention_layers:
+        mods = lm.spec.attention_modules(lm.hf, l)
+        out.update({l: mods[0]} if len(mods) == 1 else {f"{l}.{i}": m for i, m in enumerate(mods)})
+    return out
 
 
 def _configs(lm) -> list:
     mods = []
     for l in lm.spec.attention_layers:
         try:
-            mods.append(lm.spec.attention(lm.hf, l))
+            mods += lm.spec.attention_modules(lm.hf, l)
         except AttributeError:  # a layer without the attention attribute (probed and dropped later)
             pass
     cfgs = {id(c): c for c in (getattr(m, "config", None) for m in mods) if c is not None}

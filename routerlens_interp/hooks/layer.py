@@ -20,7 +20,9 @@ family's own forward (:class:`~.tap.RoutingTap`), so the family's routing rule r
 and no re-implementation of it is needed. Experts kept as an ``nn.ModuleList`` (remote code, ``spec.experts_kind
 == "module_list"``) are never called with ``(indices, weights)``: there ``experts.hook_route`` follows the top-k
 the tap sees to the weights the family derives from it, and its edits scale each expert's output rows
-(:mod:`.experts_list`). Every PyTorch hook is installed when a point gets its first client and removed with its
+(:mod:`.experts_list`). A decoder layer holding several attention sublayers (LongCat-Flash: ``self_attn[0]``,
+``self_attn[1]``) has one pattern point with their heads side by side, and its mask point edits each one's mask.
+Every PyTorch hook is installed when a point gets its first client and removed with its
 last, also after an exception; nothing is kept in module ``__dict__``\\s.
 """
 from __future__ import annotations
@@ -180,11 +182,11 @@ class HookLayer:
             pt.handles += self._install_tap(layer)
         elif kind == "experts.hook_route":
             pt.handles += self._install_route(layer)
-        elif kind == "attn.hook_mask":
-            pt.handles.append(s.attention(hf, layer).register_forward_pre_hook(
-                self._mask_hook(f"blocks.{layer}.attn.hook_mask"), with_kwargs=True))
+        elif kind == "attn.hook_mask":  # a layer with several attention sublayers: each gets the edit
+            pt.handles += [m.register_forward_pre_hook(self._mask_hook(f"blocks.{layer}.attn.hook_mask"), with_kwargs=True)
+                           for m in s.attention_modules(hf, layer)]
         elif kind == "attn.hook_pattern":
-            pt.handles.append(self._install_pattern(layer))
+            pt.handles += self._install_pattern(layer)
         else:  # hook_resid_post
             name = f"blocks.{layer}.hook_resid_post"
 
@@ -192,22 +194,41 @@ class HookLayer:
                 self._run(name, output[0] if isinstance(output, tuple) else output)
             pt.handles.append(s.layers(hf)[layer].register_forward_hook(resid))
 
-    def _install_pattern(self, layer: int):
+    def _install_pattern(self, layer: int) -> list:
         """Eager models: the module's own probabilities, rows picked per reader. SDPA models: each reader's
-        rows computed by the family's eager function (:mod:`.attn_rows`), once checked against eager."""
+        rows computed by the family's eager function (:mod:`.attn_rows`), once checked against eager. A layer
+        with several attention sublayers (LongCat-Flash) gives their heads side by side ``[B, n·H, R, T]``,
+        delivered when its last sublayer has run."""
         from . import attn_rows
 
         name = f"blocks.{layer}.attn.hook_pattern"
-        module = self.spec.attention(self.lm.hf, layer)
+        modules = self.spec.attention_modules(self.lm.hf, layer)
+        last = len(modules) - 1
+        parts: list = []  # one forward of the layer: per sublayer, what it gave (eager) or each reader's rows
+
+        def collect(i, got):
+            if i == 0:
+                parts.clear()
+            parts.append(got)
+            if i == last:
+                done = list(parts)
+                parts.clear()
+                return done
+            return None
+
         impl = attn_rows.implementation(self.lm)
         if impl == "eager":
-            def pattern(module, args, output):
-                probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-                if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
-                    raise RuntimeError(f"{name}: {type(module).__name__} returned no attention probabilities "
-                                       f"(got {type(probs).__name__}); load the model with eager attention")
-                self._run(name, probs)
-            return module.register_forward_hook(pattern)
+            def pattern(i):
+                def hook(module, args, output):
+                    probs = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                    if not isinstance(probs, torch.Tensor) or probs.dim() != 4:
+                        raise RuntimeError(f"{name}: {type(module).__name__} returned no attention probabilities "
+                                           f"(got {type(probs).__name__}); load the model with eager attention")
+                    done = collect(i, probs)
+                    if done is not None:
+                        self._run(name, done[0] if len(done) == 1 else torch.cat(done, 1))
+                return hook
+            return [m.register_forward_hook(pattern(i)) for i, m in enumerate(modules)]
         if impl != "sdpa":
             raise ValueError(f"{name}: attention probabilities are computed for eager or sdpa attention, not "
                              f"{impl!r}; load the model with rl.load(..., attn_implementation='sdpa') or 'eager'")
@@ -216,11 +237,16 @@ class HookLayer:
             raise ValueError(f"{name}: attention rows cannot be computed without eager attention on this "
                              f"{self.spec.family} model: {reason}; load it with attn_implementation='eager'")
 
-        def rows(module, query, key, value, mask, kwargs):
-            pt = self._points.get(name)
-            for r in (pt.reads if pt is not None else ()):
-                r.deliver(attn_rows.rows_probs(module, query, key, value, mask, kwargs, r.rows))
-        return attn_rows.RowsRequest(module, rows)
+        def rows(i):
+            def fn(module, query, key, value, mask, kwargs):
+                pt = self._points.get(name)
+                readers = list(pt.reads if pt is not None else ())
+                done = collect(i, [attn_rows.rows_probs(module, query, key, value, mask, kwargs, r.rows)
+                                   for r in readers])
+                for j, r in enumerate(readers if done is not None else ()):
+                    r.deliver(done[0][j] if len(done) == 1 else torch.cat([d[j] for d in done], 1))
+            return fn
+        return [attn_rows.RowsRequest(m, rows(i)) for i, m in enumerate(modules)]
 
     def _mask_hook(self, name):
         def hook(module, args, kwargs):

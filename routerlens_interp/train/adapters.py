@@ -15,7 +15,8 @@ base model). Adapters written before checksums existed (manifest version 1) load
 they carry a base fingerprint; ``load_adapter(d).save(d)`` adds the checksums.
 
 Safetensors keys: ``"<param name>"`` for a whole tensor; ``"<param name>::slices"`` ``[n, ...]`` and
-``"<param name>::index"`` ``[n]`` (expert ids along dim 0) for expert slices.
+``"<param name>::index"`` ``[n]`` (expert ids along dim 0) for expert slices (DBRX's flat ``[E·I, H]``
+matrices: along dim 0 of their ``[E, I, H]`` view, slices ``[n, I, H]``).
 """
 from __future__ import annotations
 
@@ -93,6 +94,15 @@ def _layer_of(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _rows(lm, name: str, p: torch.Tensor) -> torch.Tensor:
+    """Parameter ``name`` with dim 0 = expert (the sliced entries' ids index it): DBRX's flat ``[E·I, H]``
+    matrices as their ``[E, I, H]`` view (:mod:`routerlens_interp.arch.layouts`), any other tensor as it is."""
+    from ..arch.layouts import expert_rows
+
+    spec = getattr(lm, "spec", None)
+    return p if spec is None else expert_rows(spec, lm.hf, name, p)
+
+
 def fingerprint(lm, index: dict[str, torch.Tensor | None]) -> str:
     """SHA-256 over the base values an adapter replaces: for each name (sorted) the name, the expert ids
     (when sliced) and the float32 bytes of ``param`` or ``param[ids]``. Same scheme as
@@ -110,7 +120,7 @@ def fingerprint(lm, index: dict[str, torch.Tensor | None]) -> str:
         if ids is not None:
             ids = ids.to(torch.long)
             h.update(ids.cpu().numpy().tobytes())
-            t = t[ids.to(t.device)]
+            t = _rows(lm, name, t)[ids.to(t.device)]
         h.update(t.to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
@@ -278,16 +288,17 @@ class Adapter:
                 raise ValueError(f"model {lm.name!r} has no parameter {name!r}: the adapter was made for another "
                                  "base model (different architecture)")
             p, ids = params[name], self.index[name]
-            want = tuple(p.shape) if ids is None else (len(ids), *p.shape[1:])
+            rows = p if ids is None else _rows(lm, name, p)
+            want = tuple(p.shape) if ids is None else (len(ids), *rows.shape[1:])
             if tuple(value.shape) != want or (ids is not None and len(ids) and not 0 <= int(ids.min())
-                                              <= int(ids.max()) < p.shape[0]):
+                                              <= int(ids.max()) < rows.shape[0]):
                 raise ValueError(f"the adapter's {name!r} {tuple(value.shape)} does not fit {lm.name!r}'s "
                                  f"parameter {tuple(p.shape)}: it was made for another base model")
         return params
 
     @staticmethod
     def _put(p: torch.Tensor, ids: torch.Tensor | None, value: torch.Tensor) -> None:
-        """Write ``value`` into ``p`` (whole, or the rows ``ids`` along dim 0)."""
+        """Write ``value`` into ``p`` (whole, or the rows ``ids`` along dim 0 of ``p``, a per-expert view)."""
         v = value.to(p.device, p.dtype)
         if ids is None:
             p.copy_(v)
@@ -303,6 +314,7 @@ class Adapter:
             try:
                 for name, value in self.tensors.items():
                     p, ids = params[name], self.index[name]
+                    p = p if ids is None else _rows(lm, name, p)
                     saved[name] = p.detach().clone() if ids is None else p.detach()[ids.to(p.device)].clone()
                     self._put(p, ids, value)
             except BaseException:
@@ -314,7 +326,8 @@ class Adapter:
         params = dict(lm.hf.named_parameters())
         with torch.no_grad():
             for name, orig in saved.items():
-                self._put(params[name], self.index[name], orig)
+                ids = self.index[name]
+                self._put(params[name] if ids is None else _rows(lm, name, params[name]), ids, orig)
 
     @contextmanager
     def applied(self, lm, check: bool = True):

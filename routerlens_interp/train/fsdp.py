@@ -111,8 +111,11 @@ def _sync_rows(pairs) -> None:
         base, rows = plist.original, full(es.slices)  # slices: [n, ...], all processes get all rows
         shard = local(base)
         if not _is_dtensor(base):
-            shard.index_copy_(0, es.idx, rows)
+            es.rows(shard).index_copy_(0, es.idx, rows)
             continue
+        if es.experts is not None:  # a flat [E·I, H] matrix (DBRX): dim-0 chunks do not follow experts
+            raise NotImplementedError("CEFT under FSDP needs experts stacked on dim 0; this family keeps them as "
+                                      "flat [E·I, H] matrices: train on one process or with a device map")
         if base.device_mesh.ndim != 1 or base.placements[0] != Shard(0):  # FSDP's default, used by sharded()
             raise NotImplementedError(f"CEFT under FSDP needs experts sharded on dim 0, got {base.placements}")
         chunk = math.ceil(base.shape[0] / base.device_mesh.size())

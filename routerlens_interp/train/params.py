@@ -13,6 +13,10 @@ gradients and optimizer state exist for the selected experts only; the other row
 so they stay bit-identical. (The selected rows are written into the base's storage, no full copy, and
 put back on exit from a CPU copy.)
 
+DBRX keeps each of ``w1``, ``v1``, ``w2`` as one flat ``[E·I, H]`` matrix: the same parametrisation works on
+its ``[E, I, H]`` view (slices ``[n, I, H]``). LongCat-Flash's zero-compute identity experts have no weights:
+CEFT refuses them (the rows of ``gate_up_proj`` their ids have are never used by the family's code).
+
 Experts kept as an ``nn.ModuleList`` (remote code, ``spec.experts_kind == "module_list"``) need none of that:
 each selected expert is its own module, so CEFT sets ``requires_grad`` on its linears only and the others get
 no gradient and no optimizer state at all (a real memory saving: ``n_selected / E`` of the experts' state).
@@ -32,6 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from ..arch import layouts
 
 __all__ = ["Trainable", "router_trainable", "expert_trainable", "full_trainable", "expert_tensor_names",
            "expert_param_index"]
@@ -112,16 +118,28 @@ def router_param_names(lm) -> list[str]:
 
 def expert_tensor_names(lm, layer: int) -> list[str]:
     """Local names of the fused per-expert tensors of a layer's experts module (dim 0 = expert):
-    ``gate_up_proj`` (or ``up_proj``), ``down_proj`` and their ``*_bias`` where present."""
-    mod = lm.spec.experts(lm.hf, layer)
+    ``gate_up_proj`` (or ``up_proj``), ``down_proj`` and their ``*_bias`` where present; DBRX's flat
+    ``mlp.w1`` / ``mlp.v1`` / ``mlp.w2`` (``[E·I, H]``, expert ``e`` = ``view(E, I, H)[e]``, see
+    :mod:`routerlens_interp.arch.layouts`)."""
     # sorted: a canonical order (optimizer state and checkpoints are matched by position)
-    return sorted(n for n, p in mod.named_parameters(recurse=False)
-                  if p.dim() >= 1 and p.shape[0] == lm.spec.n_experts)
+    return list(layouts.expert_tensors(lm.spec, lm.spec.experts(lm.hf, layer)))
+
+
+def _check_weighted(lm, table: dict[int, list[int]]) -> None:
+    """Refuse zero-compute identity experts (LongCat-Flash): they have no weights to train."""
+    first = layouts.n_weighted(lm.spec)
+    bad = {l: [e for e in ids if e >= first] for l, ids in table.items()}
+    bad = {l: ids for l, ids in bad.items() if ids}
+    if bad:
+        raise ValueError(f"{lm.spec.family}: experts {bad} are zero-compute identity experts (ids {first}.."
+                         f"{lm.spec.n_experts - 1} return their input times the routing weight): they have no "
+                         f"weights, so CEFT cannot train them; choose among experts 0..{first - 1}")
 
 
 def expert_param_index(lm, table: dict[int, list[int]]) -> dict[str, torch.Tensor | None]:
     """Adapter index of CEFT on ``{layer: [expert ids]}``: fused tensors → ``[n]`` expert ids along dim 0;
     per-expert modules (``experts_kind == "module_list"``) → their whole parameters (``None``)."""
+    _check_weighted(lm, table)
     index: dict[str, torch.Tensor | None] = {}
     for layer, ids in sorted(table.items()):
         if lm.spec.experts_kind == "module_list":
@@ -194,12 +212,18 @@ class ExpertSlices(nn.Module):
     base changed since the last write, by :meth:`forward` itself.
     """
 
-    def __init__(self, base: torch.Tensor, idx: list[int]):
+    def __init__(self, base: torch.Tensor, idx: list[int], experts: int | None = None):
         super().__init__()
+        # experts=E: base is a flat [E·I, H] matrix (DBRX) whose expert e is rows(base)[e], rows = view(E, I, H)
+        self.experts = experts
         self.register_buffer("idx", torch.tensor(idx, dtype=torch.long, device=base.device))
-        self.slices = nn.Parameter(base.detach()[self.idx].clone())
+        self.slices = nn.Parameter(self.rows(base).detach()[self.idx].clone())
         self._written = None  # _state() right after the last write of the rows
         self._views = (None, [], [])  # (storage pointers, base rows, slice rows) for write_rows
+
+    def rows(self, base: torch.Tensor) -> torch.Tensor:
+        """``base`` with dim 0 = expert: itself, or the ``[E, I, H]`` view of a flat matrix (no copy)."""
+        return base if self.experts is None else base.view(self.experts, -1, base.shape[-1])
 
     def _state(self, base: torch.Tensor) -> tuple:
         # _version counts in-place changes (optimizer updates, copy_, our own writes); data_ptr catches a
@@ -210,9 +234,11 @@ class ExpertSlices(nn.Module):
         if self._written != self._state(base):
             with torch.no_grad():
                 # only the selected rows; originals kept by caller (slices may be fp32 masters of a bf16 base)
-                base.index_copy_(0, self.idx, self.slices.to(base.dtype))
+                self.rows(base).index_copy_(0, self.idx, self.slices.to(base.dtype))
             self._written = self._state(base)
-        return _Rows.apply(base, self.slices, self.idx)
+        if self.experts is None:
+            return _Rows.apply(base, self.slices, self.idx)
+        return _Rows.apply(self.rows(base), self.slices, self.idx).view(base.shape)
 
     @staticmethod
     @torch.no_grad()
@@ -224,7 +250,7 @@ class ExpertSlices(nn.Module):
             ptrs = (base.data_ptr(), es.slices.data_ptr())
             if es._views[0] != ptrs:  # row views, made once per storage
                 rows = es.idx.tolist()
-                es._views = (ptrs, [base[e] for e in rows], list(es.slices.detach().unbind(0)))
+                es._views = (ptrs, [es.rows(base)[e] for e in rows], list(es.slices.detach().unbind(0)))
             dst += es._views[1]
             src += es._views[2]
         if dst:
@@ -246,6 +272,7 @@ def expert_trainable(lm, experts):
     for layer, ids in table.items():
         for e in ids:
             lm.spec.check_expert(layer, e)
+    _check_weighted(lm, table)
     if lm.spec.experts_kind == "module_list":  # one module per expert: requires_grad on the chosen ones only
         names = [n for layer, ids in sorted(table.items()) for n in _listed_expert_names(lm, layer, ids)]
         handles = [lm.spec.experts(lm.hf, layer)[e].register_forward_hook(_needs_autograd(lm.spec.family, layer, e))
@@ -263,18 +290,22 @@ def expert_trainable(lm, experts):
     with _frozen(lm.hf):
         try:
             params, index = {}, {}
+            flat = layouts.n_weighted(lm.spec) if lm.spec.experts_layout == "flat" else None
             for layer, ids in sorted(table.items()):
-                mod = lm.spec.experts(lm.hf, layer)
-                orders.append((mod, list(mod._parameters)))
+                experts = lm.spec.experts(lm.hf, layer)
                 for name in expert_tensor_names(lm, layer):
-                    base = getattr(mod, name)
+                    owner_name, _, local = name.rpartition(".")  # DBRX: "mlp.w1" lives in experts.mlp
+                    mod = experts.get_submodule(owner_name) if owner_name else experts
+                    if not any(m is mod for m, _ in orders):
+                        orders.append((mod, list(mod._parameters)))
+                    base = getattr(mod, local)
+                    p = ExpertSlices(base, ids, flat)
                     # Originals on the CPU, as for FFT (_whole): a device copy would add the selected
                     # share of expert weights to CEFT's footprint (1/8 of OLMoE's experts: 1.6 GB bf16).
-                    rows = base.detach()[ids].to("cpu", copy=True)
-                    saved.append((base, torch.tensor(ids, device=base.device), rows))
-                    p = ExpertSlices(base, ids)
-                    parametrize.register_parametrization(mod, name, p)
-                    registered.append((mod, name))
+                    rows = p.rows(base).detach()[ids].to("cpu", copy=True)
+                    saved.append((p.rows(base), torch.tensor(ids, device=base.device), rows))
+                    parametrize.register_parametrization(mod, local, p)
+                    registered.append((mod, local))
                     key = f"{lm.spec.experts_path(layer)}.{name}"
                     params[key], index[key] = p.slices, p.idx.detach().cpu()
             pairs = [(getattr(mod.parametrizations, name).original, getattr(mod.parametrizations, name)[0])
