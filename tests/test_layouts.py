@@ -232,3 +232,22 @@ def test_ceft_refuses_identity_experts():
             pass
     with pytest.raises(ValueError, match="identity experts"):
         rl.ceft(lm, DATA, experts={1: [9]}, max_steps=1, batch_size=2, progress=False)
+
+
+def test_run_pipeline_ceft_leaves_out_identity_experts(models):
+    """`routerlens run` picks CEs by count, and identity experts can be among the busiest: CEFT then trains the
+    weighted CEs only (rl.ceft itself refuses identity experts), the masking tests keep all of them."""
+    from routerlens_interp.pipeline.run import ceft_experts
+
+    lm = _cached(models, "longcat_flash")
+    first = lm.spec.n_experts - lm.spec.identity_experts
+    assert lm.spec.identity_experts > 0
+    l0 = lm.spec.moe_layers[0]
+    ces = rl.ExpertSet({l0: [0, 3, first]})
+    keep, left = ceft_experts(lm, ces)
+    assert left == 1 and keep == rl.ExpertSet({l0: [0, 3]})
+    with pytest.raises(ValueError, match="identity experts"):
+        rl.ceft(lm, DATA, DATA, experts=ces, out_dir=None, max_steps=1)
+    dbrx = _cached(models, "dbrx")
+    assert ceft_experts(dbrx, rl.ExpertSet({dbrx.spec.moe_layers[0]: [1, 2]})) == (
+        rl.ExpertSet({dbrx.spec.moe_layers[0]: [1, 2]}), 0)

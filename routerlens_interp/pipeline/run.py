@@ -124,8 +124,11 @@ def run_pipeline(lm, data: RunData, out: Path, recipes: dict, *, seed: int = 826
                      for k in draws[0]}
     masked_random.update({f"{k}_ci95": _ci95([r[k] for r in draws]) for k in ("em", "f1", *cols)})
 
+    ce_train, weightless = ceft_experts(lm, ces)
+    if weightless:
+        log(f"CEFT leaves out {weightless} CEs that are zero-compute identity experts (no weights to train)")
     log(f"CEFT (the {n} CEs per layer) ...")
-    ce = rl.ceft(lm, train, dev, experts=ces, out_dir=out / "ceft", **recipe("ceft"))
+    ce = rl.ceft(lm, train, dev, experts=ce_train, out_dir=out / "ceft", **recipe("ceft"))
     with ce.applied(lm):
         ce_s = scores("CEFT")
     log("full fine-tuning ...")
@@ -212,3 +215,15 @@ def summary(r: dict) -> str:
                      + "  ".join(f"{k} {v}" for k, v in paper["numbers"].items()))
     lines.append(f"finished in {r['seconds']:.0f} s")
     return "\n".join(lines)
+
+
+def ceft_experts(lm, ces):
+    """The CEs CEFT can train → ``(ExpertSet, number left out)``: all of them, except zero-compute identity
+    experts (LongCat-Flash ids ``≥ n_experts − identity_experts``), which return their input times the routing
+    weight and hold no weights. The masking tests still use every CE; only the fine-tuning skips them."""
+    from ..analysis.selection import ExpertSet
+    from ..arch.layouts import n_weighted
+
+    first = n_weighted(lm.spec)
+    keep = ExpertSet({l: [e for e in ids if e < first] for l, ids in ces})
+    return keep, len(ces) - len(keep)
