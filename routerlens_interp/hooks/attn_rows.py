@@ -10,7 +10,11 @@ with the mask rows SDPA got (the model's own: sliding windows, padding, sparse-a
 into the additive mask eager would get. Outside a trace transformers' own function is registered again.
 
 :func:`check_rows` (first use per model) compares the rows with eager probabilities of a probe batch and the
-output with a plain SDPA forward; when either differs, reading the pattern is refused with the reason.
+output with a plain SDPA forward; when either differs, reading the pattern is refused with the reason. The eager
+reference gets, at each attention module, the input that module got in the SDPA forward: the rows are checked
+against eager attention on the same input, not against the float rounding by which an eager and an SDPA forward
+drift apart before the layer (a sharp softmax amplifies it past the tolerance: Gemma 4's full-attention layers,
+scaling 1 on RMS-normed 512-dim heads, logits up to ~90).
 """
 from __future__ import annotations
 
@@ -188,24 +192,28 @@ def check_rows(lm) -> str | None:
     reason = None
     try:
         plain = lm.hf(input_ids=ids, attention_mask=am).logits
+        got: dict[int, torch.Tensor] = {}
+        inputs: dict[int, list] = {l: [] for l in mods}  # layer → the module's input of each call, SDPA forward
+        handles = [m.register_forward_pre_hook(
+            lambda mod, a, kw, l=l: inputs[l].append(_hidden_input(a, kw)), with_kwargs=True) for l, m in mods.items()]
+        reqs = [RowsRequest(m, lambda mod, q, k, v, msk, kw, l=l: got.__setitem__(
+            l, rows_probs(mod, q, k, v, msk, kw, None))) for l, m in mods.items()]
+        try:
+            ours = lm.hf(input_ids=ids, attention_mask=am).logits
+        finally:
+            for h in handles + reqs:
+                h.remove()
         ref: dict[int, torch.Tensor] = {}
-        handles = [m.register_forward_hook(
-            lambda mod, a, out, l=l: ref.__setitem__(l, out[1] if isinstance(out, tuple) and len(out) > 1 else None))
-            for l, m in mods.items()]
+        handles = [h for l, m in mods.items() for h in (
+            m.register_forward_pre_hook(_same_input(inputs[l]), with_kwargs=True),
+            m.register_forward_hook(
+                lambda mod, a, out, l=l: ref.__setitem__(l, out[1] if isinstance(out, tuple) and len(out) > 1 else None)))]
         try:
             with use_implementation(lm, "eager"):
                 lm.hf(input_ids=ids, attention_mask=am)
         finally:
             for h in handles:
                 h.remove()
-        got: dict[int, torch.Tensor] = {}
-        reqs = [RowsRequest(m, lambda mod, q, k, v, msk, kw, l=l: got.__setitem__(
-            l, rows_probs(mod, q, k, v, msk, kw, None))) for l, m in mods.items()]
-        try:
-            ours = lm.hf(input_ids=ids, attention_mask=am).logits
-        finally:
-            for r in reqs:
-                r.remove()
         reason = _compare(mods, ref, got, plain, ours, am.bool())
     except Exception as err:  # any failure of the rows path: no rows rather than wrong ones
         reason = f"computing attention rows failed on a probe batch ({type(err).__name__}: {err})"
@@ -213,6 +221,29 @@ def check_rows(lm) -> str | None:
         lm.hf.train(was)
     hooks.rows_refused, hooks.rows_checked = reason, True
     return reason
+
+
+def _hidden_input(args: tuple, kwargs: dict) -> torch.Tensor | None:
+    """An attention module's input hidden states (``hidden_states=`` or the first positional tensor), a copy."""
+    x = kwargs.get("hidden_states", args[0] if args else None)
+    return x.detach().clone() if isinstance(x, torch.Tensor) else None
+
+
+def _same_input(seen: list) -> Callable:
+    """Forward pre-hook: the n-th call of the module gets the n-th input it got in the SDPA forward (``seen``);
+    a module whose input was not found keeps its own (the reference then includes the forwards' drift)."""
+    calls = iter(list(seen))
+
+    def pre(module, args, kwargs):
+        x = next(calls, None)
+        if x is None:
+            return None
+        if "hidden_states" in kwargs:
+            return args, {**kwargs, "hidden_states": x}
+        if args and isinstance(args[0], torch.Tensor) and args[0].shape == x.shape:
+            return (x, *args[1:]), kwargs
+        return None
+    return pre
 
 
 def _compare(mods, ref, got, plain, ours, real: torch.Tensor) -> str | None:
