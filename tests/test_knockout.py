@@ -98,3 +98,119 @@ def test_bundled_model_reads_the_answer_at_layer_0():
     assert k.base_accuracy >= 70
     drop = {ls[0]: k.base_accuracy - a for ls, a in zip(k.layer_sets, k.accuracy)}
     assert drop[0] >= 30 and drop[4] <= 5 and drop[5] <= 5
+
+
+# ---- GLM-5-Next: MLA+DSA layers build their mask from the indexer's top-k inside their forward -----------------
+@pytest.fixture(scope="module")
+def glm5_next(tmp_path_factory):
+    """The family suite's tiny GLM-5-Next (KDA layers 0 and 2, MLA+DSA layer 1), loaded with SDPA and eager."""
+    import warnings
+
+    import families
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = families.save(families.cases()["glm5_next"], tmp_path_factory.mktemp("glm5_next"))
+        return {impl: rl.load(path, attn_implementation=impl) for impl in ("sdpa", "eager")}
+
+
+def _glm5_forward(lm, ids, layer, block=None):
+    """Logits ``[T, V]`` and the layer's eager probabilities ``[H, T, T]``; ``block=(q, keys)``: the mask the
+    layer's eager attention function receives is edited by hand (an independent knockout: the function's
+    argument, not the module's mask builder the hook layer edits)."""
+    from transformers.models.glm5_next import modeling_glm5_next as mod
+
+    real, probs = mod.eager_attention_forward, []
+
+    def eager(module, query, key, value, attention_mask, **kw):
+        if block is not None and module.layer_idx == layer:
+            attention_mask = attention_mask.clone()
+            attention_mask[..., block[0], block[1]] = torch.finfo(attention_mask.dtype).min
+        out = real(module, query, key, value, attention_mask, **kw)
+        if module.layer_idx == layer:
+            probs.append(out[1][0])
+        return out
+    mod.eager_attention_forward = eager
+    try:
+        with torch.no_grad():
+            logits = lm.hf(input_ids=ids).logits[0]
+    finally:
+        mod.eager_attention_forward = real
+    return logits, probs[0]
+
+
+def _assert_clean(lm, layer):
+    """No hook and no shadowed mask builder left on the layer's attention module."""
+    attn = lm.spec.attention(lm.hf, layer)
+    assert "build_attention_mask_from_topk" not in attn.__dict__
+    assert not attn._forward_hooks and not attn._forward_pre_hooks
+
+
+def _glm5_case(lm):
+    enc = lm.encode(EX)
+    ids = enc.input_ids[None]
+    layer = lm.spec.attention_layers[0]
+    return ids, layer, enc.last_prompt
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_glm5_next_knockout_equals_the_mask_edited_by_hand(glm5_next, impl):
+    """The query row sees only the indexer's top-k keys; blocking half of them gives the logits of the eager
+    model whose attention function got the hand-edited mask, 0 on the blocked keys and the base weights of
+    the rest renormalised. The indexer (and its top-k) is untouched, so nothing else moves."""
+    ea, lm = glm5_next["eager"], glm5_next[impl]
+    ids, layer, q = _glm5_case(ea)
+    T = ids.shape[1]
+    base_logits, base = _glm5_forward(ea, ids, layer)
+    seen = torch.nonzero(base[:, q].amax(0) > 0).flatten().tolist()  # the keys the indexer selected for q
+    assert 2 <= len(seen) < q + 1  # sparse: fewer keys than the causal mask allows
+    keys = seen[::2]
+    ref_logits, ref = _glm5_forward(ea, ids, layer, block=(q, keys))
+    pats = []
+    with lm.hooks.read(f"blocks.{layer}.attn.hook_pattern", lambda p: pats.append(p[0]), rows=torch.tensor([q])):
+        with rl.knock_out_attention(lm, [layer], q, keys, T), torch.no_grad():
+            logits = lm.hf(input_ids=ids).logits[0]
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    row = pats[0][:, 0]  # [H, T]
+    assert float(row[:, keys].abs().max()) == 0.0
+    keep = [k for k in seen if k not in keys]
+    torch.testing.assert_close(row[:, keep], base[:, q, keep] / base[:, q, keep].sum(-1, keepdim=True),
+                               rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(row, ref[:, q], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(logits[q], base_logits[q])
+    torch.testing.assert_close(logits[:q], base_logits[:q], rtol=1e-5, atol=1e-5)
+    _assert_clean(lm, layer)
+
+
+def test_glm5_next_knockout_of_every_selected_key_is_refused(glm5_next):
+    """Blocking all the keys the indexer selected for the query leaves its row empty: refused with the keys."""
+    lm = glm5_next["sdpa"]
+    ids, layer, q = _glm5_case(lm)
+    _, base = _glm5_forward(glm5_next["eager"], ids, layer)
+    seen = torch.nonzero(base[:, q].amax(0) > 0).flatten().tolist()
+    with pytest.raises(ValueError, match=f"leaves query {q} no key to attend"):
+        with rl.knock_out_attention(lm, [layer], q, seen, ids.shape[1]), torch.no_grad():
+            lm.hf(input_ids=ids)
+    _assert_clean(lm, layer)
+
+
+def test_mask_builder_that_is_not_called_is_an_error():
+    """A module whose forward no longer builds its mask with the method the hook shadows: an error, not an
+    unedited mask."""
+    from routerlens_interp.hooks.mask_builder import BuilderHook, builder
+
+    class Attn(torch.nn.Module):
+        def build_attention_mask_from_topk(self, x):
+            return x
+
+        def forward(self, x):
+            return x + 1
+
+    m = Attn()
+    assert builder(m) == "build_attention_mask_from_topk" and builder(torch.nn.Linear(2, 2)) is None
+    h = BuilderHook(m, builder(m), lambda mask: mask * 0, "blocks.0.attn.hook_mask")
+    assert float(m.build_attention_mask_from_topk(torch.ones(1))) == 0.0
+    with pytest.raises(RuntimeError, match="cannot edit Attn's attention mask"):
+        m(torch.ones(1))
+    h.remove()
+    assert float(m.build_attention_mask_from_topk(torch.ones(1))) == 1.0 and not m._forward_hooks

@@ -9,7 +9,7 @@ name                                value                                       
 ``blocks.L.router.hook_choice``     every top-k input over the expert axis ``[..., E]``           yes
 ``blocks.L.router.hook_select``     the top-k inputs again, to pick the indices only (steering)   yes
 ``blocks.L.experts.hook_route``     ``(indices [T, k], weights [T, k])`` reaching the experts     weights
-``blocks.L.attn.hook_mask``         the additive attention mask the attention module receives     yes
+``blocks.L.attn.hook_mask``         the attention mask the attention module receives (or builds)  yes
 ``blocks.L.attn.hook_pattern``      attention probabilities ``[B, H, T|R, T]`` (softmax layers)   no
 ``blocks.L.hook_resid_post``        residual stream after the layer ``[B, T, D]``                 no
 ==================================  ==========================================================  =========
@@ -22,8 +22,10 @@ and no re-implementation of it is needed. Experts kept as an ``nn.ModuleList`` (
 the tap sees to the weights the family derives from it, and its edits scale each expert's output rows
 (:mod:`.experts_list`). A decoder layer holding several attention sublayers (LongCat-Flash: ``self_attn[0]``,
 ``self_attn[1]``) has one pattern point with their heads side by side, and its mask point edits each one's mask.
-Every PyTorch hook is installed when a point gets its first client and removed with its
-last, also after an exception; nothing is kept in module ``__dict__``\\s.
+Attention modules that build their mask inside their forward (GLM-5-Next's top-k indexer) have
+``attn.hook_mask`` on the mask they build (:mod:`.mask_builder`). Every PyTorch hook is installed when a point
+gets its first client and removed with its last, also after an exception; nothing is kept in module
+``__dict__``\\s (the shadowed mask builder only while its point has a client).
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ class HookLayer:
         elif kind == "experts.hook_route":
             pt.handles += self._install_route(layer)
         elif kind == "attn.hook_mask":  # a layer with several attention sublayers: each gets the edit
-            pt.handles += [m.register_forward_pre_hook(self._mask_hook(f"blocks.{layer}.attn.hook_mask"), with_kwargs=True)
+            pt.handles += [self._install_mask(m, f"blocks.{layer}.attn.hook_mask")
                            for m in s.attention_modules(hf, layer)]
         elif kind == "attn.hook_pattern":
             pt.handles += self._install_pattern(layer)
@@ -247,6 +249,16 @@ class HookLayer:
                     r.deliver(done[0][j] if len(done) == 1 else torch.cat([d[j] for d in done], 1))
             return fn
         return [attn_rows.RowsRequest(m, rows(i)) for i, m in enumerate(modules)]
+
+    def _install_mask(self, module, name: str):
+        """The mask kwarg of the attention module, or, where the module builds its mask itself from an
+        indexer's top-k (GLM-5-Next), the mask it builds (:mod:`.mask_builder`)."""
+        from .mask_builder import BuilderHook, builder
+
+        method = builder(module)
+        if method is not None:
+            return BuilderHook(module, method, lambda mask: self._run(name, mask), name)
+        return module.register_forward_pre_hook(self._mask_hook(name), with_kwargs=True)
 
     def _mask_hook(self, name):
         def hook(module, args, kwargs):

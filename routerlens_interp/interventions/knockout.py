@@ -26,7 +26,11 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
     position ``query`` to positions ``keys`` at decoder ``layers``; hooks are removed on exit.
 
     The model's own mask is edited (sliding windows and padding stay as they are); where a layer gets no
-    mask (SDPA's pure-causal shortcut), a causal one is materialised with the entries blocked.
+    mask (SDPA's pure-causal shortcut), a causal one is materialised with the entries blocked. Where the
+    attention module builds its mask itself from a sparse-attention indexer's top-k (GLM-5-Next), the mask it
+    builds is edited (the indexer and its top-k, which a later layer may reuse, are untouched). A knockout that
+    leaves the query row no key (a sliding window or a top-k selection inside ``keys``) is refused: softmax
+    over no key has no value, and eager and SDPA would give different garbage.
     """
     from ..hooks.attn_rows import implementation
 
@@ -53,7 +57,7 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
                          f"({lm.spec.mixer_kind(no_attn[0])}); attention layers: {lm.spec.attention_layers}")
     lo = torch.finfo(lm.hf.dtype).min
 
-    def edit(old):
+    def edit(old, layer):
         """Block the entries in the model's own mask (keeps its sliding windows and sinks); a plain causal
         mask where the model passes none."""
         if old is None:
@@ -61,6 +65,12 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
         if isinstance(old, torch.Tensor) and old.dim() >= 2 and old.shape[-2] == length and old.shape[-1] >= length:
             new = old.clone()
             new[..., query, list(keys)] = False if new.dtype == torch.bool else lo
+            row = new[..., query, :]
+            if not bool((row if row.dtype == torch.bool else row > lo).any(-1).all()):
+                seen = torch.nonzero((old[..., query, :] if old.dtype == torch.bool else old[..., query, :] > lo)
+                                     .reshape(-1, old.shape[-1]).any(0)).flatten().tolist()
+                raise ValueError(f"attention knockout at layer {layer} leaves query {query} no key to attend: its "
+                                 f"mask lets it see only keys {seen}, all among the blocked {list(keys)}")
             return new
         raise RuntimeError(f"attention knockout cannot edit this {lm.spec.family} model's attention mask "
                            f"({type(old).__name__} {tuple(getattr(old, 'shape', ()))}); it supports additive or "
@@ -73,14 +83,14 @@ def knock_out_attention(lm, layers: list[int], query: int, keys: list[int], leng
             on_device[dev] = mask.to(dev)
         return on_device[dev]
 
-    def edit_on(dev):
+    def edit_on(dev, layer):
         def fn(old):
-            new = edit(old)
+            new = edit(old, layer)
             return on(dev) if new is mask else new
         return fn
 
     with ExitStack() as stack:
         for l in layers:
             dev = module_device(lm.spec.attention(lm.hf, l), lm.device)
-            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", edit_on(dev)))
+            stack.enter_context(lm.hooks.edit(f"blocks.{l}.attn.hook_mask", edit_on(dev, l)))
         yield
