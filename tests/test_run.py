@@ -73,6 +73,42 @@ def test_run_on_the_bundled_model(tmp_path, capsys):
     assert (out / "masking.html").exists() and (out / "analysis" / "apg.csv").exists()
 
 
+@needs_toy
+def test_run_measures_forgetting(tmp_path, capsys):
+    """--forgetting-data: MMLU accuracy of the base model and of each trained model, equal to rl.forgetting on the
+    saved adapters (an independent run of the same scoring)."""
+    from pathlib import Path
+
+    import routerlens_interp as rl
+    from routerlens_interp.cli.commands import main
+
+    mmlu = Path(__file__).parent / "fixtures" / "mmlu_test.jsonl"
+    out = tmp_path / "run"
+    assert main(["run", "--max-steps", "2", "--train-limit", "16", "--n-dev", "8", "--n-test", "4", "--n-count", "4",
+                 "--n-analysis", "2", "--draws", "2", "--no-png", "--out", str(out), "--threads", "1",
+                 "--forgetting-data", str(mmlu)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    fg = report["forgetting"]
+    assert fg["n"] == 3 and fg["shots"] == 0 and set(fg["adapters"]) == {"router_tuned", "ceft", "fft"}
+    assert "multiple-choice accuracy (3 examples, 0-shot" in printed
+    lm = rl.load("toy")
+    again = rl.forgetting(lm, {"router_tuned": rl.load_adapter(out / "router_tuned"),
+                               "ceft": rl.load_adapter(out / "ceft"), "fft": rl.load_adapter(out / "fft")},
+                          data=rl.load_dataset(mmlu))
+    assert again["base"] == pytest.approx(fg["base"])
+    for name, a in again["adapters"].items():
+        assert a["accuracy"] == pytest.approx(fg["adapters"][name]["accuracy"]), name
+
+
+def test_run_forgetting_data_must_be_multiple_choice(tmp_path, capsys):
+    from routerlens_interp.cli.commands import main
+
+    assert main(["run", "--data", "toy-conflict", "--forgetting-data", "toy-open", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "multiple-choice" in err[0] and "--forgetting-data toy-open" in err[0]
+
+
 def test_run_needs_data_for_other_models(tmp_path, capsys):
     from routerlens_interp.cli.commands import main
 

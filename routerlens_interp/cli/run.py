@@ -41,12 +41,29 @@ def run_data(args):
         pre = key.split("-")[0]
         data.side = {"open_em": rl.load_dataset(f"{pre}-open", split="test"),
                      "recall": rl.load_dataset(f"{pre}-memory", split="test")}
+    if args.forgetting_data:
+        data.forgetting = forgetting_data(args.forgetting_data, args.forgetting_limit)
+        data.forgetting_shots = args.forgetting_shots
     if not data.test:
         from ..errors import UserError
 
         raise UserError(f"--data {name}: its test split is empty; the method scores every step on it (give a data "
                         "set with a test part)")
     return data
+
+
+def forgetting_data(name: str, limit: int | None) -> list:
+    """The multiple-choice examples of ``--forgetting-data`` (MMLU's test split, or a local MMLU-format file)."""
+    import routerlens_interp as rl
+    from ..errors import UserError
+    from ..evaluation.scoring import task_of
+
+    rows = rl.load_dataset(name, split="test", limit=limit)
+    if not rows or task_of(rows) != "choice":
+        raise UserError(f"--forgetting-data {name}: forgetting is measured on multiple-choice data (MMLU: "
+                        f"--forgetting-data mmlu, or a local MMLU-format .jsonl); this gave "
+                        f"{type(rows[0]).__name__ + 's' if rows else 'no examples'}")
+    return rows
 
 
 def cmd_run(args) -> None:
@@ -116,6 +133,11 @@ def add_parser(sub, common) -> None:
                    help="training examples counted for CE selection (default 2000, as the paper)")
     r.add_argument("--n-analysis", type=positive_int, default=120, help="examples traced for CAG/AAG/APG and knockout")
     r.add_argument("--draws", type=positive_int, default=10, help="random-mask draws (default 10)")
+    r.add_argument("--forgetting-data", default=None,
+                   help="also score multiple-choice accuracy before and after each training (mmlu, or a local "
+                        "MMLU-format file): how much router tuning, CEFT and FFT forget")
+    r.add_argument("--forgetting-limit", type=positive_int, default=1000, help="examples of --forgetting-data (default 1000)")
+    r.add_argument("--forgetting-shots", type=int, choices=(0, 5), default=0, help="MMLU shots (0 or 5; default 0)")
     add_png_flags(r)
     r.add_argument("--out", required=True, help="output directory (report.json, adapters, experts.json, figures); new "
                                                 "or empty unless --overwrite")

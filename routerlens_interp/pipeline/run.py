@@ -40,13 +40,17 @@ class Sizes:
 @dataclass
 class RunData:
     """The data of one run: ``train``/``dev``/``test`` lists of QAExamples and named side sets ``{column: examples}``
-    (each scored by EM next to every row, e.g. ``{"open_em": toy-open test, "recall": toy-memory test}``)."""
+    (each scored by EM next to every row, e.g. ``{"open_em": toy-open test, "recall": toy-memory test}``);
+    ``forgetting``: multiple-choice examples (MMLU) on which the base model and each trained model are scored
+    (:func:`rl.forgetting <routerlens_interp.evaluation.scoring.forgetting>`, ``forgetting_shots``-shot), none by default."""
 
     train: list
     dev: list
     test: list
     side: dict = field(default_factory=dict)
     name: str = ""
+    forgetting: list = field(default_factory=list)  # ChoiceExamples (MMLU): accuracy lost by each training
+    forgetting_shots: int = 0
 
 
 def _ci95(xs: list[float]) -> float:
@@ -135,6 +139,11 @@ def run_pipeline(lm, data: RunData, out: Path, recipes: dict, *, seed: int = 826
     ft = rl.full_finetune(lm, train, dev, out_dir=out / "fft", **recipe("fft"))
     with ft.applied(lm):
         ft_s = scores("FFT")
+    forgot = None
+    if data.forgetting:
+        log(f"forgetting: multiple-choice accuracy on {len(data.forgetting)} examples, {data.forgetting_shots}-shot ...")
+        forgot = rl.forgetting(lm, {"router_tuned": rt, "ceft": ce, "fft": ft}, data=data.forgetting,
+                               shots=data.forgetting_shots)
 
     log("CAG / AAG / APG (router-tuned vs base) ...")
     ana_data = cut(test, sizes.n_analysis)
@@ -171,6 +180,8 @@ def run_pipeline(lm, data: RunData, out: Path, recipes: dict, *, seed: int = 826
     }
     if ko_side is not None:
         report["knockout"].update(base_open_none=ko_side.base_accuracy, base_open_accuracy=ko_side.accuracy.tolist())
+    if forgot is not None:
+        report["forgetting"] = forgot
     if "recall" in side:
         report["base_recall"] = base["recall"]
     report["paper"] = paper_numbers(report["model"], data.name)
@@ -200,6 +211,11 @@ def summary(r: dict) -> str:
     lines.append(f"random-mask EM 95% CI ±{r['masked_random'].get('em_ci95', float('nan')):.1f} "
                  f"over {r['masked_random']['draws']} draws")
     lines.append(f"trainable parameters: CEFT {r['ceft']['trainable_params']:,} vs FFT {r['fft']['trainable_params']:,}")
+    if r.get("forgetting"):
+        fg = r["forgetting"]
+        lines.append(f"multiple-choice accuracy ({fg['n']} examples, {fg['shots']}-shot; drop = forgotten): base "
+                     f"{fg['base']:.1f}" + "".join(f" | {name} {a['accuracy']:.1f} ({-a['drop']:+.1f})"
+                                                   for name, a in fg["adapters"].items()))
     up = lambda xs: float(np.nanmean(np.asarray(xs, dtype=float)[len(xs) // 2:]))
     lines.append(f"mean CAG upper half {up(r['cag']):+.3f}  mean AAG upper half {up(r['aag']):+.3f}  "
                  f"APG last layer {r['apg'][-1]:+.3f}")
