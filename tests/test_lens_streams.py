@@ -130,3 +130,23 @@ def test_transformer_lens_backend_refuses_the_block_residual_lens(tmp_path):
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     with pytest.raises(TLUnsupportedError, match="block states"):
         collect(lm, batch, torch.tensor([ids.shape[1] - 1]), None, routing=False, lens=True)
+
+
+@pytest.mark.parametrize("name, fp32", [("inkling2_text", True), ("gemma4_text", False)])
+def test_bf16_lens_scales_the_logits_where_the_family_does(name, fp32, tmp_path):
+    """In bf16, Inkling2 casts lm_head's output to float32 before its soft-cap; Gemma 4 soft-caps in bf16. The
+    self-check finds which one reproduces the model, and the lens of the last layer then equals the logits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = rl.load(families.save(CASES[name], tmp_path / name), dtype=torch.bfloat16)
+    with torch.no_grad():  # logits of a few units: the soft-cap's rounding in bf16 shows
+        head = lm.hf.lm_head.weight
+        head.copy_((torch.randn(head.shape, generator=torch.Generator().manual_seed(0)) * 0.3).to(head.dtype))
+    assert lm.spec.logit_scale is not None and lm.spec.logit_scale[0] == "softcap"
+    assert check_lens(lm) is None, lm.spec.lens
+    assert lm.spec.logit_scale_fp32 is fp32
+    ids = _ids(lm)
+    target = _target(lm, ids)
+    with torch.no_grad():
+        ref = lm.hf(ids).logits[0, -1].float().log_softmax(-1)[target].exp()
+    assert float(_lens(lm, ids, target)[-1]) == pytest.approx(float(ref), rel=1e-3, abs=1e-4)

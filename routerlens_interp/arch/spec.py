@@ -61,6 +61,8 @@ class MoESpec:
         mixers: ``{layer: kind}`` for every layer that is not softmax attention.
         logit_scale: the model's own step from ``lm_head`` to its logits: ``("divide", s)``,
             ``("multiply", s)``, ``("softcap", c)`` or None.
+        logit_scale_fp32: True when the family casts ``lm_head``'s output to float32 before that step
+            (Inkling2: ``lm_head(h).float()`` then the soft-cap); found by the lens self-check.
         reroute_refused: ``{layer: reason}`` for MoE layers where ``reroute`` is refused (set by the
             self-check when a mask is first applied); layers not listed reroute exactly.
         lens: None when the logit lens is available, else the reason it is off.
@@ -95,6 +97,7 @@ class MoESpec:
     attention_layers: list[int] | None = None
     mixers: dict = field(default_factory=dict)
     logit_scale: tuple | None = None
+    logit_scale_fp32: bool = False
     reroute_refused: dict = field(default_factory=dict)
     lens: str | None = None
     notes: list = field(default_factory=list)

@@ -49,8 +49,14 @@ def lens_logits(lm, h: torch.Tensor) -> torch.Tensor:
     logits = unembed(h.to(module_device(unembed, h.device), dtype))
     if spec.logit_scale is not None:
         op, v = spec.logit_scale
+        if spec.logit_scale_fp32:
+            logits = logits.float()
         logits = logits / v if op == "divide" else logits * v if op == "multiply" else torch.tanh(logits / v) * v
     return logits
+
+
+def _close(got: torch.Tensor, ref: torch.Tensor) -> bool:
+    return torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item()))
 
 
 @torch.no_grad()
@@ -73,6 +79,17 @@ def check_lens(lm) -> str | None:
         with read_lens_states(lm, [last], lambda l, state: seen.append(state)):
             ref = _forward(lm, ids).float()
         got = lens_logits(lm, seen[-1]).float()
+        if (spec.logit_scale is not None and got.shape == ref.shape and not _close(got, ref)
+                and lens_logits(lm, seen[-1]).dtype != torch.float32):
+            # some families cast lm_head's output to float32 before their soft-cap / scaling (Inkling2), others
+            # scale in the model's dtype (Gemma): in bf16 the two differ, so take the one that reproduces the model
+            spec.logit_scale_fp32 = True
+            got32 = lens_logits(lm, seen[-1]).float()
+            if _close(got32, ref):
+                got = got32
+                spec.notes.append("the lens applies the logit scaling in float32, as the family's code does")
+            else:
+                spec.logit_scale_fp32 = False
     except Exception as err:  # an unusual final block: no lens rather than a wrong one
         spec.lens = f"cannot reproduce the model's logits from its last residual stream ({type(err).__name__}: {err})"
         lm.hooks.lens_checked = True
@@ -83,7 +100,7 @@ def check_lens(lm) -> str | None:
         spec.lens = (f"the residual stream after the last layer has shape {tuple(seen[-1].shape)} (several streams "
                      f"mixed before the final norm, by no module this toolkit knows: {', '.join(MIXERS)}), so "
                      f"final norm + unembedding cannot read it")
-    elif not torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
+    elif not _close(got, ref):
         diff = (got - ref).abs().max().item()
         step = f"{spec.final_mix[1]} ({spec.final_mix[0]} mix) + " if spec.final_mix else ""
         spec.lens = (f"{step}final norm + unembedding of the last residual stream does not reproduce the model's "
