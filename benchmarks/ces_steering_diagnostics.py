@@ -24,11 +24,9 @@ prints one JSON object as the last line.
 """
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -135,26 +133,17 @@ def steer_at_answer(lm, experts, beta, conflict, open_book):
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--fast", action="store_true", help="tiny sizes: a smoke run of the script")
-    ap.add_argument("--seed", type=int, default=826)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _toybench
+
+    args = _toybench.parse(__doc__, argv)
+    cfg, log, lm = _toybench.start(args, FULL, FAST)
 
     import numpy as np
-    import torch
 
     import routerlens_interp as rl
     from routerlens_interp.ces import steer
-    from routerlens_interp.cli.common import seed_everything
-    from routerlens_interp.pipeline.demo import RECIPES
 
-    torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    cfg = FAST if args.fast else FULL
-    log = lambda *a: print(*a, file=sys.stderr if args.json else sys.stdout, flush=True)
-    lm = rl.load("toy")
     N = 8
     ld = lambda name, split, n: rl.load_dataset(name, split=split, limit=n)
     train = ld("toy-conflict", "train", cfg["train_limit"])
@@ -165,11 +154,7 @@ def main(argv=None) -> dict:
     jac = lambda a, b: float(np.mean(list(a.jaccard_per_layer(b).values())))
     row = lambda r: f"{r['beta']}:{r['em']:.1f}/{r['open_em']:.0f}"
 
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe = dict(RECIPES["router"], seed=args.seed, progress=False, eval_points=4)
-        if cfg["max_steps"]:
-            recipe["max_steps"] = cfg["max_steps"]
-        rt = rl.tune_router(lm, train, dev, out_dir=Path(tmp) / "rt", **recipe)
+    rt = _toybench.router_tuned(lm, train, dev, args.seed, cfg["max_steps"])
     with rt.applied(lm):
         ces = rl.select_experts(rl.count_experts(lm, train[:cfg["n_select"]]), n=N)
         res["router_tuned_em"] = rl.evaluate(lm, test)["em"]

@@ -31,11 +31,9 @@ All numbers are printed; ``--json`` prints one JSON object as the last line.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -67,15 +65,15 @@ def rank_quality(score, exact, n_top: int = 50, n_recall: int = 100) -> dict:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--fast", action="store_true", help="tiny sizes: a smoke run of the script")
-    ap.add_argument("--seed", type=int, default=826)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--only-exact", action="store_true", help="stop after part 1")
-    ap.add_argument("--pinned-check", action="store_true",
-                    help="only the diagnosis: the top-50 estimates against masking with later routing pinned")
-    args = ap.parse_args(argv)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _toybench
+
+    def extra(ap):
+        ap.add_argument("--only-exact", action="store_true", help="stop after part 1")
+        ap.add_argument("--pinned-check", action="store_true",
+                        help="only the diagnosis: the top-50 estimates against masking with later routing pinned")
+    args = _toybench.parse(__doc__, argv, extra)
+    cfg, log, lm = _toybench.start(args, FULL, FAST)
 
     import numpy as np
     import torch
@@ -83,14 +81,7 @@ def main(argv=None) -> dict:
     import routerlens_interp as rl
     from routerlens_interp.ces import best_beta, risk_difference, spearman, steer, steermoe_sets
     from routerlens_interp.ces.verify import cost, verify_top
-    from routerlens_interp.cli.common import seed_everything
-    from routerlens_interp.pipeline.demo import RECIPES
 
-    torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    cfg = FAST if args.fast else FULL
-    log = lambda *a: print(*a, file=sys.stderr if args.json else sys.stdout, flush=True)
-    lm = rl.load("toy")
     spec = lm.spec
     L, E = len(spec.moe_layers), spec.n_experts
     ld = lambda name, split, n: rl.load_dataset(name, split=split, limit=n)
@@ -160,11 +151,7 @@ def main(argv=None) -> dict:
         rd_sel[pairing] = risk_difference(lm, select_data, pairing=pairing)
         secs[f"risk_diff_{pairing}"] = round(time.time() - t, 2)
     t = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        recipe = dict(RECIPES["router"], seed=args.seed, progress=False, eval_points=4)
-        if cfg["max_steps"]:
-            recipe["max_steps"] = cfg["max_steps"]
-        rt = rl.tune_router(lm, train, dev, out_dir=Path(tmp) / "rt", **recipe)
+    rt = _toybench.router_tuned(lm, train, dev, args.seed, cfg["max_steps"])
     secs["router_tuning"] = round(time.time() - t, 2)
     t = time.time()
     with rt.applied(lm):

@@ -375,7 +375,8 @@ NB["06_ces_without_training"] = [
            "expert output norm): no gradients at all;\n"
            "4. **steering**: add β to chosen experts' router logits (`rl.boost_experts`, β < 0 deactivates), or "
            "force them into / out of every token's top-k (`rl.force_experts`, SteerMoE-style): the training-free "
-           "counterparts of router tuning.\n\n"
+           "counterparts of router tuning; and route vectors (`rl.route_vector`), a dense router-logit offset read "
+           "from prompts alone.\n\n"
            "Small samples here; `benchmarks/ces_without_training.py` runs the full measurement (README)."),
     ("code", SETUP),
     ("code", TRAIN + '''
@@ -474,6 +475,24 @@ for n_out in (16, 48):
     print(f"SteerMoE: {n_out} experts forced out: conflict EM {r['em']:.1f}, memory {r['memory_rate'] or 0:.1f} %")
 steering_curve(sweeps["Router Lens"], title="Steering the base model with the Router Lens CEs",
                reference=tuned["em"]).show()'''),
+    ("md", "## 6. Route vectors: a dense router-logit offset, no training\nRouter tuning's change acts mostly at "
+           "the last prompt token, and is there largely one vector per layer. `rl.route_vector` estimates such a "
+           "vector from prompts alone: the mean router logits of open-book questions the model can only answer "
+           "from the context (`toy-open`) minus those of conflicts it answers from memory, at the last prompt token "
+           "and at the other prompt tokens. `rl.steer_route_vector` adds `scale · v` while the prompt is read."),
+    ("code", '''\
+open_test = rl.load_dataset("toy-open", split="test", limit=32)
+t = time.time(); vec = rl.route_vector(lm, rl.load_dataset("toy-open", split="train", limit=400), train[:400])
+print(f"route vector from {vec.n_toward} + {vec.n_away} prompts in {time.time() - t:.1f} s; norms at the last token "
+      + " ".join(f"{v:.1f}" for v in vec.norms()["last"]))
+rv = []
+for scale in (0.0, 2.0, 4.0, 8.0, 12.0):
+    with rl.steer_route_vector(lm, vec, scale):
+        c, o = rl.evaluate(lm, test[:32]), rl.evaluate(lm, open_test)
+    rv.append({"scale": scale, "em": c["em"], "memory_rate": c["memory_rate"], "open_em": o["em"]})
+    print(f"scale {scale:4}: conflict EM {c['em']:5.1f}, memory {c['memory_rate'] or 0:5.1f} %, open-book EM {o['em']:5.1f}")
+steering_curve(rv, title="Steering the base model with a route vector", reference=tuned["em"], x="scale",
+               x_title="scale of the route vector added to the router logits").show()'''),
     ("md", "## What this run found"),
     ("code", '''\
 best = {k: best_beta(v) for k, v in sweeps.items()}
@@ -481,7 +500,8 @@ print(f"Attribution vs exact zero-masking on {len(pairs)} experts: Spearman {spe
 print("EM drop when masked in the router-tuned model: " + ", ".join(f"{k} {v:+.1f}" for k, v in drops.items())
       + f" vs random {np.mean(rnd):+.1f}.")
 print("Steering the base model, best conflict EM: " + ", ".join(f"{k} {v['em']:.1f} (β {v['beta']})"
-      for k, v in best.items()) + f"; router tuning reaches {tuned['em']:.1f} (base {base['em']:.1f}).")
+      for k, v in best.items()) + f"; route vector {max(r['em'] for r in rv):.1f}; router tuning reaches "
+      f"{tuned['em']:.1f} (base {base['em']:.1f}).")
 print(f"Notebook ran in {time.time() - T0:.0f} s.")'''),
 ]
 

@@ -30,7 +30,7 @@ _EXPORTS = {
     "plot": ".plot", "widgets": ".board.widgets",
     "attribute_experts": ".ces", "expert_effects": ".ces", "routing_contrast": ".ces", "boost_experts": ".ces",
     "ExpertScores": ".ces", "force_experts": ".ces", "risk_difference": ".ces", "steermoe_sets": ".ces",
-    "reap_scores": ".ces",
+    "reap_scores": ".ces", "route_vector": ".ces", "steer_route_vector": ".ces", "RouteVector": ".ces",
     "run_pipeline": ".pipeline.run", "RunData": ".pipeline.run", "Sizes": ".pipeline.run", "paper_numbers": ".pipeline.paper",
 }
 

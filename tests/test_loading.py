@@ -13,7 +13,7 @@ from routerlens_interp.errors import UserError
 from routerlens_interp.arch.loading import loading_kwargs, parse_device_map
 
 LOADING = ["evaluate", "count", "tune-router", "ceft", "finetune", "analyze", "knockout", "attribute", "contrast",
-           "steer", "inspect"]
+           "steer", "route-vector", "inspect"]
 OPTIONS = ["--dtype", "--device-map", "--trust-remote-code", "--revision", "--device", "--allow-partial-quantization"]
 
 

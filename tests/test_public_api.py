@@ -13,9 +13,10 @@ ExpertCounts count_experts load_dataset em_f1 ExpertSet select_experts random_ex
 forgetting ChoiceExample choice_accuracy judge_accuracy harness HarnessLM bleu rouge_l meteor text_scores
 attention_gain answer_probability_gain token_attention_diff attention_knockout tune_router ceft full_finetune
 RouterAdapter ExpertAdapter load_adapter plot widgets attribute_experts expert_effects routing_contrast
-boost_experts ExpertScores force_experts risk_difference steermoe_sets reap_scores run_pipeline RunData Sizes paper_numbers""".split()
+boost_experts ExpertScores force_experts risk_difference steermoe_sets reap_scores run_pipeline RunData Sizes paper_numbers
+route_vector steer_route_vector RouteVector""".split()
 COMMANDS = ["demo", "evaluate", "count", "select", "tune-router", "ceft", "finetune", "analyze", "knockout",
-            "attribute", "contrast", "risk", "reap", "steer", "run", "inspect"]
+            "attribute", "contrast", "risk", "reap", "steer", "route-vector", "run", "inspect"]
 
 
 @pytest.mark.parametrize("name", PUBLIC)

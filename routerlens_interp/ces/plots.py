@@ -54,10 +54,11 @@ def estimate_vs_exact(estimate: Any, exact: Any, top: int | None = 50, title: st
     return _style(fig, title or "Attribution vs exact single-expert masking", width=700, height=520)
 
 
-def steering_curve(rows: Sequence[Mapping], title: str | None = None, reference: float | None = None) -> go.Figure:
-    """Conflict EM, memory rate, open-book EM and recall against β (rows of :func:`steer`);
-    ``reference`` draws a horizontal line (e.g. the router-tuned model's conflict EM)."""
-    betas = [r["beta"] for r in rows]
+def steering_curve(rows: Sequence[Mapping], title: str | None = None, reference: float | None = None,
+                   x: str = "beta", x_title: str = "β added to the boosted experts' router logits") -> go.Figure:
+    """Conflict EM, memory rate, open-book EM and recall against β (rows of :func:`steer`; ``x="scale"`` for
+    route-vector rows); ``reference`` draws a horizontal line (e.g. the router-tuned model's conflict EM)."""
+    betas = [r[x] for r in rows]
     fig = go.Figure()
     for key, name, color in (("em", "conflict EM", COLORS["em"]), ("memory_rate", "memory rate", COLORS["base"]),
                              ("open_em", "open-book EM", COLORS["open_em"]), ("recall", "closed-book recall",
@@ -69,6 +70,6 @@ def steering_curve(rows: Sequence[Mapping], title: str | None = None, reference:
     if reference is not None:
         fig.add_hline(y=reference, line=dict(color=COLORS["tuned"], dash="dash"),
                       annotation_text="router-tuned conflict EM", annotation_position="top left")
-    fig.update_xaxes(title="β added to the boosted experts' router logits")
+    fig.update_xaxes(title=x_title)
     fig.update_yaxes(title="%", range=[-2, 102])
     return _style(fig, title or "Steering the base model", width=760, height=460)

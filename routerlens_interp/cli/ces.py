@@ -1,4 +1,4 @@
-"""``routerlens attribute | contrast | risk | reap | steer``: context-faithful experts without training, from a shell.
+"""``routerlens attribute | contrast | risk | reap | steer | route-vector``: context-faithful experts without training, from a shell.
 
 Registered by :func:`add_parsers` from ``cli.build_parser``. User errors are :class:`~.errors.UserError`
 (one line, exit 2).
@@ -183,6 +183,56 @@ def cmd_steer(args) -> None:
     _emit(args, {"rows": rows, "best": best, "experts": args.experts}, "\n".join(lines))
 
 
+def _scales(text: str) -> list[float]:
+    try:
+        vals = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        vals = []
+    if not vals or any(v != v or abs(v) == float("inf") for v in vals):
+        raise UserError(f"--scales {text!r}: give finite numbers separated by commas, e.g. 0,2,4,8")
+    return vals
+
+
+def cmd_route_vector(args) -> None:
+    import routerlens_interp as rl
+    from ..ces import route_vector, steer_route_vector
+    from ..data import default_split as split_for
+
+    scales = _scales(args.scales)
+    if args.vector_out:
+        claim_out(args, args.vector_out, is_dir=False, example="vector.safetensors", flag="--vector-out")
+    lm, data = _setup(args)
+    side = lambda name, split, limit=args.limit: rl.load_dataset(
+        name, split=split_for(name, split, "test"), limit=limit) if name else None
+    if args.vector:
+        vec = rl.RouteVector.load(args.vector, lm)
+    else:
+        vec = route_vector(lm, side(args.toward, args.vector_split, args.vector_limit),
+                           side(args.away, args.vector_split, args.vector_limit), batch_size=args.batch_size,
+                           progress=not args.json)
+        if args.vector_out:
+            vec.save(args.vector_out)
+    open_book, memory = side(args.open_data, args.split), side(args.memory_data, args.split)
+    rows = []
+    for sc in scales:
+        with steer_route_vector(lm, vec, sc):
+            c = rl.evaluate(lm, data, batch_size=args.batch_size)
+            o = rl.evaluate(lm, open_book, batch_size=args.batch_size) if open_book else None
+            m = rl.evaluate(lm, memory, batch_size=args.batch_size) if memory else None
+        rows.append({"scale": sc, "em": c["em"], "f1": c["f1"], "memory_rate": c["memory_rate"],
+                     "open_em": o["em"] if o else None, "recall": m["em"] if m else None})
+    fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
+    lines = [f"route vector: {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
+             + " ".join(f"{x:.1f}" for x in vec.norms()["last"]),
+             f"{'scale':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
+    lines += [f"{r['scale']:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
+              for r in rows]
+    if args.vector_out:
+        lines.append(f"vector written to {args.vector_out}")
+    _emit(args, {"rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
+                 "vector_out": args.vector_out}, "\n".join(lines))
+
+
 def add_parsers(sub, common) -> None:
     """Add ``attribute``, ``contrast``, ``risk``, ``reap`` and ``steer`` to the ``routerlens`` subparsers; ``common(p)`` adds the
     shared --model/--data/--seed/--json options."""
@@ -259,3 +309,21 @@ def add_parsers(sub, common) -> None:
                    help="experts.json forced out of every top-k during the whole sweep (routerlens risk --deactivate-out)")
     s.add_argument("--batch-size", type=int, default=16)
     s.set_defaults(func=cmd_steer)
+
+    v = sub.add_parser("route-vector", help="training-free dense router-logit steering: mean router logits of --toward "
+                                            "prompts minus --away prompts, added × scale; EM per scale")
+    common(v)
+    v.add_argument("--toward", default="toy-open", help="prompts whose routing to move toward (default toy-open: "
+                                                        "answered from the context)")
+    v.add_argument("--away", default="toy-conflict", help="prompts whose routing to move away from (default "
+                                                          "toy-conflict: answered from memory)")
+    v.add_argument("--vector-split", default="train", help="split of --toward / --away (default train)")
+    v.add_argument("--vector-limit", type=int, default=None, help="prompts per side (default all)")
+    v.add_argument("--vector", default=None, help="use a saved vector (--vector-out) instead of computing one")
+    v.add_argument("--vector-out", default=None, help="write the vector (.safetensors); a new file unless --overwrite")
+    v.add_argument("--scales", default="0,2,4,8,12", help="comma-separated scales (0 = the unsteered model)")
+    v.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
+    v.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
+    v.add_argument("--batch-size", type=int, default=16)
+    add_overwrite(v)
+    v.set_defaults(func=cmd_route_vector)

@@ -1,0 +1,237 @@
+"""Route vectors: dense router-logit steering at the position that predicts the answer, without training.
+
+Router tuning on the bundled model changes the routing of the last prompt token most: its tuned routers
+applied at that one position give half of its conflict-EM gain, at every prompt token all of it, at the
+context or question tokens alone almost none (``benchmarks/ces_steering_diagnostics.py`` [4]). And what it
+adds there is largely one dense vector per layer (cosine 0.63–0.74 of each example's change with their
+mean). A *route vector* estimates such a vector without any tuning, as activation steering does
+(contrastive activation addition), in router-logit space: the mean router logits over prompts of the
+behaviour to move *toward* (open-book questions the model can only answer from the context) minus the mean
+over prompts to move *away* from (conflict questions it answers from memory), per MoE layer and position
+group:
+
+- group 0, ``last``: the last prompt token (it predicts the first answer token);
+- group 1, ``rest``: every other prompt token.
+
+Steering adds ``scale · v[layer, group]`` to the router logits at those positions while the prompt is
+read (the prefill); decoding steps are left alone unless ``at_decode`` (they then get the ``last`` vector).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..hooks.selfcheck import require_reroute
+from ..prompts import encode
+
+GROUPS = ("last", "rest")
+_FORMAT = "routerlens-route-vector"
+
+
+def _digest(v: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.sha256(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def router_fingerprint(lm) -> str:
+    """SHA-256 over the MoE layers' router weights (:meth:`MoEModel.fingerprint`)."""
+    spec = lm.spec
+    ids = {id(w) for l in spec.moe_layers if (w := getattr(spec.router(lm.hf, l), "weight", None)) is not None}
+    names = [n for n, p in lm.hf.named_parameters() if id(p) in ids]
+    return lm.fingerprint(names) if names else ""  # a router without a weight: no check
+
+
+@dataclass
+class RouteVector:
+    """Dense router-logit directions.
+
+    Attributes:
+        layers: the MoE decoder layers, in order (``[L]``).
+        values: ``[L, 2, E]`` float32: per layer, the ``last`` and ``rest`` vectors (mean router logits over
+            ``toward`` minus over ``away``).
+        n_toward, n_away: examples averaged on each side.
+    """
+
+    layers: list[int]
+    values: torch.Tensor
+    n_toward: int
+    n_away: int
+    model: str = ""  # SHA-256 of the routers it was computed on (MoEModel.fingerprint): identifies the base model
+
+    def save(self, path) -> None:
+        """Write a ``.safetensors`` file (:mod:`~routerlens_interp.safe_state`; atomic; a SHA-256 of the values in
+        its header, checked by :meth:`load`; nothing in it can run code when loaded)."""
+        from .. import safe_state
+
+        v = self.values.float().contiguous()
+        safe_state.save(path, {"values": v, "layers": list(self.layers), "n_toward": int(self.n_toward),
+                               "n_away": int(self.n_away), "model": self.model, "sha256": _digest(v)}, _FORMAT)
+
+    @classmethod
+    def load(cls, path, lm=None) -> "RouteVector":
+        """Read a file written by :meth:`save`; a damaged file, another kind of file, or (with ``lm``) a vector
+        computed on other routers is refused with the reason."""
+        from pathlib import Path
+
+        from .. import safe_state
+
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"no route-vector file at {p}; write one with `routerlens route-vector --vector-out FILE`")
+        d = safe_state.load(p, _FORMAT, "write a route vector with `routerlens route-vector --vector-out FILE`")
+        v = d.get("values") if isinstance(d, dict) else None
+        if not isinstance(v, torch.Tensor) or v.dim() != 3 or v.shape[0] != len(d.get("layers") or []) \
+                or _digest(v) != d.get("sha256"):
+            raise UserError(f"{p}: its values do not match their checksum or layers (a damaged file); compute the route "
+                            "vector again")
+        vec = cls([int(x) for x in d["layers"]], v, int(d["n_toward"]), int(d["n_away"]), d.get("model") or "")
+        if lm is not None and vec.model and vec.model != router_fingerprint(lm):
+            raise UserError(f"{p} was computed on other routers than this model's (another base model, or an adapter "
+                            "applied); compute the route vector on this model")
+        return vec
+
+    def norms(self) -> dict[str, list[float]]:
+        """``{"last": [L], "rest": [L]}`` Euclidean norms per layer."""
+        return {g: [round(float(v), 3) for v in self.values[:, i].norm(dim=-1)] for i, g in enumerate(GROUPS)}
+
+
+def _padded_side(mask: torch.Tensor | None) -> None:
+    if mask is not None and mask.dim() == 2 and mask.shape[1] > 1 and not bool(mask[:, -1].all()):
+        raise UserError("route vectors need left-padded prompts (the last column is every row's last prompt token, "
+                        "as rl.evaluate and generate batch them); pad on the left or pass one prompt at a time")
+
+
+@contextmanager
+def _batch_shape(lm) -> Iterator[dict]:
+    """Yields a dict holding the ``(B, S)`` of the model call in progress (from its ``input_ids`` or
+    ``inputs_embeds``), so that router rows ``[B·S, E]`` can be told apart by position."""
+    box: dict = {}
+
+    def pre(module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is None:
+            raise UserError("route vectors need the model to be called with input_ids or inputs_embeds")
+        box["shape"] = (int(x.shape[0]), int(x.shape[1]))
+        _padded_side(kwargs.get("attention_mask"))
+
+    h = lm.hf.register_forward_pre_hook(pre, with_kwargs=True)
+    try:
+        yield box
+    finally:
+        h.remove()
+
+
+def _groups(box: dict, rows: int) -> torch.Tensor | None:
+    """``[B·S]`` group index per router row (0 = last column, 1 = the rest) at a prefill; None at a decoding
+    step (``S == 1``). Refuses rows that are not ``B·S`` (a family that routes a subset of tokens)."""
+    if "shape" not in box:
+        raise UserError("route vectors apply inside a model call; run the model inside the with block")
+    B, S = box["shape"]
+    if rows != B * S:
+        raise UserError(f"the router saw {rows} rows for a batch of {B}×{S} tokens; route vectors need one router "
+                        "row per token")
+    if S == 1:
+        return None
+    g = torch.ones(B, S, dtype=torch.long)
+    g[:, -1] = 0
+    return g.reshape(-1)
+
+
+@torch.no_grad()
+def route_vector(lm, toward, away, batch_size: int = 16, progress: bool = False) -> RouteVector:
+    """Mean router logits at the ``last`` / ``rest`` prompt positions over ``toward`` minus over ``away``.
+
+    Args:
+        toward: QAExamples whose routing to move toward (e.g. open-book questions about facts the model does
+            not know: ``toy-open``); away: those to move away from (e.g. knowledge conflicts the model answers
+            from memory: ``toy-conflict``). No labels are read: only the prompts.
+        batch_size: prompts per forward pass (left padded; padding positions are not averaged).
+
+    Returns a :class:`RouteVector` with ``values [L, 2, E]``.
+    """
+    toward, away = list(toward), list(away)
+    if not toward or not away:
+        raise UserError("route_vector needs examples on both sides (toward= and away=)")
+    spec = lm.spec
+    layers = list(spec.moe_layers)
+    require_reroute(lm, layers, "route-vector steering", "it edits the routing as mode='reroute' masking does")
+    was = lm.hf.training
+    lm.hf.eval()
+    try:
+        means = [_group_means(lm, data, batch_size, progress, layers) for data in (toward, away)]
+    finally:
+        lm.hf.train(was)
+    return RouteVector(layers, (means[0] - means[1]).float(), len(toward), len(away), router_fingerprint(lm))
+
+
+def _group_means(lm, data, batch_size, progress, layers) -> torch.Tensor:
+    """``[L, 2, E]`` float64 mean router logits per group over the non-padding prompt positions of ``data``."""
+    E = lm.spec.n_experts
+    acc = torch.zeros(len(layers), 2, E, dtype=torch.float64)
+    cnt = torch.zeros(2, dtype=torch.float64)
+    cur: dict = {}
+    with ExitStack() as st:
+        for i, l in enumerate(layers):
+            def read(x, i=i):
+                keep = cur["keep"]
+                acc[i].index_add_(0, cur["group"][keep], x.reshape(-1, E)[keep.to(x.device)].double().cpu())
+            st.enter_context(lm.hooks.read(f"blocks.{l}.router.hook_logits", read))
+        window = getattr(lm, "window", None)
+        for s in tqdm(range(0, len(data), batch_size), desc="route vector", disable=not progress, unit="batch"):
+            enc = [encode(lm.tokenizer, ex, max_length=window) for ex in data[s:s + batch_size]]
+            batch = lm.batch(enc, side="left")
+            B, S = batch["input_ids"].shape
+            g = torch.ones(B, S, dtype=torch.long)
+            g[:, -1] = 0
+            keep = batch["attention_mask"].bool().cpu().reshape(-1)
+            cur["group"], cur["keep"] = g.reshape(-1), keep
+            cnt.index_add_(0, g.reshape(-1)[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+            lm.hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if cnt[1] == 0:
+        raise UserError("every prompt is one token long; route vectors need the last token and the rest")
+    return acc / cnt[None, :, None]
+
+
+@contextmanager
+def steer_route_vector(lm, vector: RouteVector, scale: float = 1.0, at_decode: bool = False) -> Iterator[RouteVector]:
+    """Add ``scale · vector.values[layer, group]`` to the router logits while the ``with`` block runs.
+
+    At a prefill (a left-padded ``[B, S]`` prompt batch, ``S > 1``) the last column gets the ``last`` vector and
+    the other columns the ``rest`` vector; at a decoding step (``S == 1``) nothing, or the ``last`` vector with
+    ``at_decode``. The family's own code turns the edited logits into weights and choices (as router tuning's
+    changed logits would be), it is refused where reroute is (:class:`RerouteUnavailable`), and
+    ``scale = 0`` is bit-identical to no intervention. For generation (``rl.evaluate``, ``generate``), not for
+    teacher-forced sequences with their answers appended (their last column is not the last prompt token).
+    """
+    scale = float(scale)
+    if not math.isfinite(scale):
+        raise UserError(f"scale must be finite (got {scale})")
+    spec = lm.spec
+    if vector.values.shape[1:] != (2, spec.n_experts) or list(vector.layers) != list(spec.moe_layers):
+        raise UserError(f"this route vector has shape {tuple(vector.values.shape)} over layers {vector.layers}; the "
+                        f"model has {len(spec.moe_layers)} MoE layers of {spec.n_experts} experts: compute it on this model")
+    require_reroute(lm, vector.layers, "route-vector steering", "it edits the routing as mode='reroute' masking does")
+    with ExitStack() as st:
+        box = st.enter_context(_batch_shape(lm))
+        for i, l in enumerate(vector.layers):
+            v = vector.values[i] * scale  # [2, E]
+
+            def edit(x, v=v):
+                g = _groups(box, x.shape[0])
+                if g is None:
+                    return x + v[0].to(x.device, x.dtype) if at_decode else x
+                return x + v.to(x.device, x.dtype)[g.to(x.device)]
+            # the logits only: the family's own code then weighs and ranks on them. (boost_experts also adds β
+            # to every top-k's input, which for a set is a rank boost; a dense vector added to softmax
+            # probabilities would instead pick nearly the same experts for every token.)
+            st.enter_context(lm.hooks.edit(f"blocks.{l}.router.hook_logits", edit))
+        yield vector
