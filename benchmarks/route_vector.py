@@ -56,7 +56,8 @@ def group_mask(e, name: str):
 @contextmanager
 def transplant(lm, dW: dict, rows: dict, where=None):
     """Add ``ΔW_l · h`` to layer ``l``'s router logits at the prefill rows ``rows["mask"]`` (``[B·S]`` bool) —
-    or, with ``where="last"``, ``rows["const"][l]`` at every last row — never at decoding steps."""
+    or, with ``where="const"``, ``rows["const"][l]`` at every last row (``rows["last"]``) — never at decoding
+    steps. With ``rows["record"]``, each layer's ``ΔW_l · h`` at the last rows is appended there."""
     import torch
 
     spec = lm.spec
@@ -81,31 +82,21 @@ def transplant(lm, dW: dict, rows: dict, where=None):
 
 
 def evaluate_rows(lm, data, rows, name):
-    """Greedy EM like ``rl.evaluate`` (batches of 16, left padded), with ``rows`` set per batch to group ``name``."""
+    """``rl.evaluate``'s greedy EM, with ``rows`` set before each batch: ``mask``, the ``[B·S]`` rows of group
+    ``name``, and ``last``, the last column's rows."""
     import torch
 
-    from routerlens_interp.evaluation.generate import _prediction, stop_token_ids
-    from routerlens_interp.evaluation.metrics import aggregate
-    from routerlens_interp.prompts import encode
+    from routerlens_interp.evaluation.generate import evaluate
 
-    stops = stop_token_ids(lm)
-    preds = []
-    lm.hf.eval()
-    with torch.no_grad():
-        for s in range(0, len(data), 16):
-            enc = [encode(lm.tokenizer, ex, max_length=lm.window, reserve=32) for ex in data[s:s + 16]]
-            batch = lm.batch(enc, side="left")
-            S = batch["input_ids"].shape[1]
-            mask = torch.zeros(len(enc), S, dtype=torch.bool)
-            for i, e in enumerate(enc):
-                mask[i, S - e.prompt_len:] = group_mask(e, name)
-            last = torch.zeros(len(enc), S, dtype=torch.bool)
-            last[:, -1] = True
-            rows["mask"], rows["last"] = mask.reshape(-1), last.reshape(-1)
-            out = lm.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], max_new_tokens=32,
-                                 do_sample=False, eos_token_id=stops, pad_token_id=lm.tokenizer.pad_token_id)
-            preds += [_prediction(lm.tokenizer, r, set(stops), "eos") for r in out[:, S:].tolist()]
-    return aggregate(preds, list(data))
+    def on_batch(enc, batch):
+        B, S = batch["input_ids"].shape
+        mask = torch.zeros(B, S, dtype=torch.bool)
+        for i, e in enumerate(enc):
+            mask[i, S - e.prompt_len:] = group_mask(e, name)
+        last = torch.zeros(B, S, dtype=torch.bool)
+        last[:, -1] = True
+        rows["mask"], rows["last"] = mask.reshape(-1), last.reshape(-1)
+    return evaluate(lm, data, on_batch=on_batch)
 
 
 def main(argv=None) -> dict:

@@ -147,3 +147,18 @@ def test_evaluate_under_mask_changes_nothing_outside(lm):
     with rl.mask_experts(lm, {0: [0, 1, 2]}):
         rl.evaluate(lm, DATA, max_new_tokens=4)
     assert rl.evaluate(lm, DATA, max_new_tokens=4)["predictions"] == before
+
+
+def test_on_batch_sees_each_batch_before_it_is_decoded(lm):
+    """``on_batch(encoded, batch)``: every example once, in order, with the left-padded batch it is decoded in."""
+    from routerlens_interp.prompts import encode
+
+    seen = []
+    preds = generate(lm, DATA, max_new_tokens=4, batch_size=3,
+                     on_batch=lambda enc, batch: seen.append(([e.example for e in enc], batch["input_ids"].clone())))
+    assert [ex for exs, _ in seen for ex in exs] == DATA and [len(exs) for exs, _ in seen] == [3, 1]
+    for exs, ids in seen:
+        for ex, row in zip(exs, ids):
+            want = encode(lm.tokenizer, ex, max_length=getattr(lm, "window", None), reserve=4).input_ids
+            assert torch.equal(row[len(row) - len(want):], want)  # left padded
+    assert preds == generate(lm, DATA, max_new_tokens=4, batch_size=3)

@@ -2,9 +2,8 @@
 
 Router tuning on the bundled model changes the routing of the last prompt token most: its tuned routers
 applied at that one position give half of its conflict-EM gain, at every prompt token all of it, at the
-context or question tokens alone almost none (``benchmarks/ces_steering_diagnostics.py`` [4]). And what it
-adds there is largely one dense vector per layer (cosine 0.63–0.74 of each example's change with their
-mean). A *route vector* estimates such a vector without any tuning, as activation steering does
+context or question tokens alone almost none (``benchmarks/route_vector.py`` [1]). And what it adds there is
+largely one dense vector per layer (cosine 0.63–0.74 of each example's change with their mean). A *route vector* estimates such a vector without any tuning, as activation steering does
 (contrastive activation addition), in router-logit space: the mean router logits over prompts of the
 behaviour to move *toward* (open-book questions the model can only answer from the context) minus the mean
 over prompts to move *away* from (conflict questions it answers from memory), per MoE layer and position
@@ -29,23 +28,26 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..hooks.selfcheck import require_reroute
 from ..prompts import encode
+from ..train.adapters import tensor_sha256
 
 GROUPS = ("last", "rest")
 _FORMAT = "routerlens-route-vector"
 
 
-def _digest(v: torch.Tensor) -> str:
-    import hashlib
-
-    return hashlib.sha256(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
-
-
 def router_fingerprint(lm) -> str:
-    """SHA-256 over the MoE layers' router weights (:meth:`MoEModel.fingerprint`)."""
-    spec = lm.spec
-    ids = {id(w) for l in spec.moe_layers if (w := getattr(spec.router(lm.hf, l), "weight", None)) is not None}
-    names = [n for n, p in lm.hf.named_parameters() if id(p) in ids]
-    return lm.fingerprint(names) if names else ""  # a router without a weight: no check
+    """SHA-256 over the MoE layers' router parameters (:meth:`MoEModel.fingerprint` of
+    :func:`~routerlens_interp.train.params.router_param_names`); "" where the routers hold none (no check)."""
+    from ..train.params import router_param_names
+
+    names = router_param_names(lm)
+    return lm.fingerprint(names) if names else ""
+
+
+def _group_index(B: int, S: int) -> torch.Tensor:
+    """``[B·S]`` position group of each row of a left-padded ``[B, S]`` batch: 0 = the last column, 1 = the rest."""
+    g = torch.ones(B, S, dtype=torch.long)
+    g[:, -1] = 0
+    return g.reshape(-1)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class RouteVector:
     values: torch.Tensor
     n_toward: int
     n_away: int
-    model: str = ""  # SHA-256 of the routers it was computed on (MoEModel.fingerprint): identifies the base model
+    model: str = ""  # router_fingerprint of the model it was computed on: identifies the base model
 
     def save(self, path) -> None:
         """Write a ``.safetensors`` file (:mod:`~routerlens_interp.safe_state`; atomic; a SHA-256 of the values in
@@ -72,7 +74,7 @@ class RouteVector:
 
         v = self.values.float().contiguous()
         safe_state.save(path, {"values": v, "layers": list(self.layers), "n_toward": int(self.n_toward),
-                               "n_away": int(self.n_away), "model": self.model, "sha256": _digest(v)}, _FORMAT)
+                               "n_away": int(self.n_away), "model": self.model, "sha256": tensor_sha256(v)}, _FORMAT)
 
     @classmethod
     def load(cls, path, lm=None) -> "RouteVector":
@@ -88,7 +90,7 @@ class RouteVector:
         d = safe_state.load(p, _FORMAT, "write a route vector with `routerlens route-vector --vector-out FILE`")
         v = d.get("values") if isinstance(d, dict) else None
         if not isinstance(v, torch.Tensor) or v.dim() != 3 or v.shape[0] != len(d.get("layers") or []) \
-                or _digest(v) != d.get("sha256"):
+                or tensor_sha256(v) != d.get("sha256"):
             raise UserError(f"{p}: its values do not match their checksum or layers (a damaged file); compute the route "
                             "vector again")
         vec = cls([int(x) for x in d["layers"]], v, int(d["n_toward"]), int(d["n_away"]), d.get("model") or "")
@@ -139,11 +141,7 @@ def _groups(box: dict, rows: int) -> torch.Tensor | None:
     if rows != B * S:
         raise UserError(f"the router saw {rows} rows for a batch of {B}×{S} tokens; route vectors need one router "
                         "row per token")
-    if S == 1:
-        return None
-    g = torch.ones(B, S, dtype=torch.long)
-    g[:, -1] = 0
-    return g.reshape(-1)
+    return None if S == 1 else _group_index(B, S)
 
 
 @torch.no_grad()
@@ -189,12 +187,10 @@ def _group_means(lm, data, batch_size, progress, layers) -> torch.Tensor:
         for s in tqdm(range(0, len(data), batch_size), desc="route vector", disable=not progress, unit="batch"):
             enc = [encode(lm.tokenizer, ex, max_length=window) for ex in data[s:s + batch_size]]
             batch = lm.batch(enc, side="left")
-            B, S = batch["input_ids"].shape
-            g = torch.ones(B, S, dtype=torch.long)
-            g[:, -1] = 0
+            g = _group_index(*batch["input_ids"].shape)
             keep = batch["attention_mask"].bool().cpu().reshape(-1)
-            cur["group"], cur["keep"] = g.reshape(-1), keep
-            cnt.index_add_(0, g.reshape(-1)[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+            cur["group"], cur["keep"] = g, keep
+            cnt.index_add_(0, g[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
             lm.hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     if cnt[1] == 0:
         raise UserError("every prompt is one token long; route vectors need the last token and the rest")

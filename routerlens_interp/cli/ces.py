@@ -152,6 +152,14 @@ def _betas(text: str) -> list:
     return vals
 
 
+def _sweep_table(rows: list[dict], key: str) -> list[str]:
+    """Lines of a steering sweep: ``key`` (beta or scale), conflict EM, memory rate, open-book EM, recall."""
+    fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"  # noqa: E731
+    return [f"{key:>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"] + [
+        f"{r[key]!s:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
+        for r in rows]
+
+
 def cmd_steer(args) -> None:
     import routerlens_interp as rl
     from ..ces import best_beta, steer
@@ -175,10 +183,7 @@ def cmd_steer(args) -> None:
             st.enter_context(rl.force_experts(lm, deactivate=off))
         rows = steer(lm, experts, betas, data, open_book, memory, batch_size=args.batch_size, progress=False)
     best = best_beta(rows)
-    fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
-    lines = [f"{'beta':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
-    lines += [f"{r['beta']!s:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
-              for r in rows]
+    lines = _sweep_table(rows, "beta")
     lines.append(f"best beta {best['beta']}: conflict EM {best['em']:.1f}")
     _emit(args, {"rows": rows, "best": best, "experts": args.experts}, "\n".join(lines))
 
@@ -221,12 +226,8 @@ def cmd_route_vector(args) -> None:
             m = rl.evaluate(lm, memory, batch_size=args.batch_size) if memory else None
         rows.append({"scale": sc, "em": c["em"], "f1": c["f1"], "memory_rate": c["memory_rate"],
                      "open_em": o["em"] if o else None, "recall": m["em"] if m else None})
-    fmt = lambda v: "  n/a" if v is None else f"{v:5.1f}"
     lines = [f"route vector: {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
-             + " ".join(f"{x:.1f}" for x in vec.norms()["last"]),
-             f"{'scale':>8} {'EM':>6} {'memory%':>8} {'open EM':>8} {'recall':>7}"]
-    lines += [f"{r['scale']:>8} {fmt(r['em'])} {fmt(r['memory_rate']):>8} {fmt(r['open_em']):>8} {fmt(r['recall']):>7}"
-              for r in rows]
+             + " ".join(f"{x:.1f}" for x in vec.norms()["last"])] + _sweep_table(rows, "scale")
     if args.vector_out:
         lines.append(f"vector written to {args.vector_out}")
     _emit(args, {"rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
@@ -234,8 +235,8 @@ def cmd_route_vector(args) -> None:
 
 
 def add_parsers(sub, common) -> None:
-    """Add ``attribute``, ``contrast``, ``risk``, ``reap`` and ``steer`` to the ``routerlens`` subparsers; ``common(p)`` adds the
-    shared --model/--data/--seed/--json options."""
+    """Add ``attribute``, ``contrast``, ``risk``, ``reap``, ``steer`` and ``route-vector`` to the ``routerlens``
+    subparsers; ``common(p)`` adds the shared --model/--data/--seed/--json options."""
     a = sub.add_parser("attribute", help="estimate each expert's masking effect on a metric (one backward pass)")
     common(a)
     a.add_argument("--metric", default="faithfulness", choices=["faithfulness", "answer"],

@@ -52,12 +52,14 @@ def _prediction(tokenizer, row: list[int], stops: set[int], stop: str) -> str:
 
 @torch.no_grad()
 def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size: int = 16,
-             progress: bool = False, stop: str = "eos") -> list[str]:
+             progress: bool = False, stop: str = "eos", on_batch=None) -> list[str]:
     """Greedy answers for each example, as the paper decodes (see the module docstring).
 
     Prompts are left padded into batches of ``batch_size`` and decoded with the KV cache. A context too
     long for the window less ``max_new_tokens`` is truncated around its answer, so the generated tokens
-    stay inside the window; how many were is reported in one warning.
+    stay inside the window; how many were is reported in one warning. ``on_batch(encoded, batch)``, when
+    given, is called before each batch is decoded with its :class:`~routerlens_interp.prompts.Encoded` list
+    and the padded ``input_ids`` / ``attention_mask`` ``[B, S]`` (for interventions that depend on the spans).
     """
     _check_stop(stop)
     preds: list[str] = []
@@ -75,6 +77,8 @@ def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size
                 chunk = examples[s:s + batch_size]
                 enc = [encode(lm.tokenizer, ex, max_length=window, reserve=max_new_tokens) for ex in chunk]
                 batch = lm.batch(enc, side="left")
+                if on_batch is not None:
+                    on_batch(enc, batch)
                 out = lm.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
                                      pad_token_id=lm.tokenizer.pad_token_id)
@@ -86,18 +90,18 @@ def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size
 
 
 def evaluate(lm, data: list[QAExample], max_new_tokens: int = 32, batch_size: int = 16,
-             progress: bool = False, stop: str = "eos") -> dict:
+             progress: bool = False, stop: str = "eos", on_batch=None) -> dict:
     """Score ``lm`` on ``data`` by greedy decoding (:func:`generate`; ``stop`` = ``"eos"``, the paper's,
     or ``"newline"``).
 
     Returns ``{"em", "f1", "n", "memory_rate", "predictions"}``: EM/F1 ×100 with SQuAD v1.1
     normalisation (max over gold answers); ``memory_rate`` = % of predictions equal to the example's
     ``memory_answer`` among examples that have one (None when none has).
-    Masks and adapters in force (context managers) apply.
+    Masks and adapters in force (context managers) apply; ``on_batch``: see :func:`generate`.
     """
     if not data:
         raise ValueError("evaluate got no examples")
-    preds = generate(lm, list(data), max_new_tokens, batch_size, progress, stop=stop)
+    preds = generate(lm, list(data), max_new_tokens, batch_size, progress, stop=stop, on_batch=on_batch)
     scores = aggregate(preds, list(data))
     scores["predictions"] = preds
     return scores
