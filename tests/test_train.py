@@ -74,6 +74,48 @@ def test_router_tuning_changes_routers_only(load_tiny, family):
     assert m["steps"] == 3 and m["trainable_params"] == ad.n_trainable and m["best_dev_loss"] is not None
 
 
+def test_training_and_attribution_run_deterministic_and_restore_the_callers_mode(load_tiny):
+    """With more than one CPU thread the experts' gather backward adds rows in any order (4 router-tuning runs
+    of the bundled model on 2 threads gave 4 adapters); training and attribution run torch's deterministic
+    algorithms and hand the caller's mode back."""
+    from routerlens_interp.train.seed import deterministic
+
+    lm = load_tiny("olmoe", fresh=True)
+    seen = []
+    assert not torch.are_deterministic_algorithms_enabled()
+    rl.tune_router(lm, TRAIN, DEV, max_steps=2, lr=1e-2, **FAST,
+                   callback=lambda info: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
+    h = lm.hf.register_forward_hook(lambda *a: seen.append(torch.are_deterministic_algorithms_enabled()))
+    try:
+        rl.attribute_experts(lm, TRAIN[:4], metric="answer", progress=False)
+    finally:
+        h.remove()
+    assert seen[2:] == [True] and not torch.are_deterministic_algorithms_enabled()
+    # the op itself: x[idx] backward with repeated rows, 2 threads, identical every time inside the block
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2000, 64, requires_grad=True)
+        idx, up = torch.randint(0, 2000, (16000,), generator=g), torch.randn(16000, 64, generator=g)
+
+        def grad():
+            x.grad = None
+            (x[idx] * up).sum().backward()
+            return x.grad.clone()
+        with deterministic():
+            first = grad()
+            assert all(torch.equal(first, grad()) for _ in range(10))
+        torch.use_deterministic_algorithms(True)  # a caller's strict mode comes back strict, not warn-only
+        with deterministic():
+            pass
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(threads)
+
+
 # --- CEFT ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["olmoe", "qwen2_moe"])
 def test_ceft_changes_exactly_the_selected_slices(load_tiny, family):

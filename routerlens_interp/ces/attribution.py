@@ -8,6 +8,7 @@ from contextlib import ExitStack
 import torch
 from tqdm.auto import tqdm
 
+from ..train.seed import deterministic
 from .objective import batches, build_items, forward_metric
 from .scores import ExpertScores
 
@@ -69,7 +70,7 @@ def attribute_experts(lm, data, metric: str = "faithfulness", tokens: str = "fir
                     return w * s
                 return fn
 
-            with ExitStack() as st, torch.enable_grad():
+            with ExitStack() as st, torch.enable_grad(), deterministic():  # >1 thread: the backward's row order
                 for r, l in enumerate(spec.moe_layers):
                     st.enter_context(lm.hooks.edit(f"blocks.{l}.experts.hook_route", edit(r)))
                 m = forward_metric(lm, chunk)

@@ -41,6 +41,7 @@ from .data import (Item, answer_loss, answer_positions, collate, data_hash, glob
 from .fsdp import full, full_optimizer_state, load_optimizer_state, local, sharded
 from .params import Trainable
 from .precision import training_precision
+from .seed import deterministic, seed_rngs
 
 __all__ = ["TrainResult", "make_accelerator", "train", "dev_loss", "CheckpointWriteError"]
 
@@ -172,12 +173,6 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _eval_steps(cfg: TrainConfig, total: int) -> set[int]:
     """Step numbers (1-based, after that many updates) at which the dev loss is computed."""
     if cfg.eval_every:
@@ -300,13 +295,14 @@ def train(lm, trainable: Trainable, train_items: list[Item], dev_items: list[Ite
         elif state_file is not None and state_file.exists() and main:
             warnings.warn(f"{state_file} exists and resume=False: starting over (it will be overwritten)",
                           stacklevel=2)
-        _seed_all(cfg.seed)
+        seed_rngs(cfg.seed)
 
     hf = lm.hf
     was_training = hf.training
     try:
         # On an exception the stack sees it: FSDP then skips its (collective) gather and only unshards.
         with ExitStack() as stack:
+            stack.enter_context(deterministic())  # >1 CPU thread: the experts' backward adds rows in any order
             stack.enter_context(training_precision(  # bf16 autocast + fp32 masters, checkpointing (precision.py)
                 hf, originals, cfg.precision, cfg.gradient_checkpointing,
                 [st["trainable"][k] for k in keys] if st is not None else None, fsdp))
