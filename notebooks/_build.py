@@ -479,7 +479,9 @@ steering_curve(sweeps["Router Lens"], title="Steering the base model with the Ro
            "the last prompt token, and is there largely one vector per layer. `rl.route_vector` estimates such a "
            "vector from prompts alone: the mean router logits of open-book questions the model can only answer "
            "from the context (`toy-open`) minus those of conflicts it answers from memory, at the last prompt token "
-           "and at the other prompt tokens. `rl.steer_route_vector` adds `scale · v` while the prompt is read."),
+           "and at the other prompt tokens. `rl.steer_route_vector` adds `scale · v` while the prompt is read; "
+           "with `mode=\"replace\"` it instead routes the last prompt token as the average open-book prompt does "
+           "(its logits pulled `scale` of the way to their mean there)."),
     ("code", '''\
 open_test = rl.load_dataset("toy-open", split="test", limit=32)
 t = time.time(); vec = rl.route_vector(lm, rl.load_dataset("toy-open", split="train", limit=400), train[:400])
@@ -492,7 +494,11 @@ for scale in (0.0, 2.0, 4.0, 8.0, 12.0):
     rv.append({"scale": scale, "em": c["em"], "memory_rate": c["memory_rate"], "open_em": o["em"]})
     print(f"scale {scale:4}: conflict EM {c['em']:5.1f}, memory {c['memory_rate'] or 0:5.1f} %, open-book EM {o['em']:5.1f}")
 steering_curve(rv, title="Steering the base model with a route vector", reference=tuned["em"], x="scale",
-               x_title="scale of the route vector added to the router logits").show()'''),
+               x_title="scale of the route vector added to the router logits").show()
+with rl.steer_route_vector(lm, vec, 1.0, mode="replace"):
+    c, o = rl.evaluate(lm, test[:32]), rl.evaluate(lm, open_test)
+print(f"replace (the last prompt token routed as the mean open-book prompt): conflict EM {c['em']:.1f}, "
+      f"open-book EM {o['em']:.1f}")'''),
     ("md", "## What this run found"),
     ("code", '''\
 best = {k: best_beta(v) for k, v in sweeps.items()}

@@ -47,18 +47,22 @@ def test_vector_is_the_mean_difference(olmoe):
     assert v.values.shape == (len(lm.spec.moe_layers), 2, lm.spec.n_experts) and (v.n_toward, v.n_away) == (2, len(DATA) - 2)
     for i, l in enumerate(lm.spec.moe_layers):
         torch.testing.assert_close(v.values[i].double(), mt[l] - ma[l], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(v.toward[i].double(), mt[l], rtol=1e-4, atol=1e-5)  # what replace steers to
     assert v.values.abs().max() > 1e-3  # the two sides route differently: the check above can fail
 
 
-def _steered_alone(lm, ex, vec, scale):
-    """Last-position logits ``[V]`` of one unpadded prompt with ``scale·v`` added to each router's logits by a
-    forward hook that re-routes with the family's hand-written rule (independent of the hook layer)."""
+def _steered_alone(lm, ex, vec, scale, mode="add"):
+    """Last-position logits ``[V]`` of one unpadded prompt with ``scale·v`` added to each router's logits (or,
+    ``replace``, its last row moved ``scale`` of the way to the toward mean) by a forward hook that re-routes with
+    the family's hand-written rule (independent of the hook layer)."""
     hs = []
     for i, l in enumerate(lm.spec.moe_layers):
         def hook(m, a, out, i=i):
             logits = out[0]
             add = torch.empty_like(logits)
             add[:-1], add[-1] = vec.values[i, 1] * scale, vec.values[i, 0] * scale
+            if mode == "replace":
+                add[:-1], add[-1] = 0, scale * (vec.toward[i, 0] - logits[-1])
             edited = logits + add
             w, idx = route(lm.spec.routing, edited, m)
             return (edited, w, idx)
@@ -71,8 +75,8 @@ def _steered_alone(lm, ex, vec, scale):
             h.remove()
 
 
-@pytest.mark.parametrize("scale", [1.0, 4.0])
-def test_steering_matches_a_hand_written_router(olmoe, scale):
+@pytest.mark.parametrize("scale,mode", [(1.0, "add"), (4.0, "add"), (1.0, "replace"), (0.5, "replace")])
+def test_steering_matches_a_hand_written_router(olmoe, scale, mode):
     lm = olmoe
     vec = rl.route_vector(lm, DATA[:2], DATA[2:])
     enc = [encode(lm.tokenizer, ex) for ex in DATA]
@@ -80,9 +84,9 @@ def test_steering_matches_a_hand_written_router(olmoe, scale):
     assert len({e.prompt_len for e in enc}) > 1  # padding really happens
     with torch.no_grad():
         plain = lm.hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, -1]
-        with rl.steer_route_vector(lm, vec, scale):
+        with rl.steer_route_vector(lm, vec, scale, mode=mode):
             got = lm.hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, -1]
-    want = torch.stack([_steered_alone(lm, ex, vec, scale) for ex in DATA])
+    want = torch.stack([_steered_alone(lm, ex, vec, scale, mode) for ex in DATA])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (got - plain).abs().max() > 1e-2  # the steering changes the answer's logits
 
@@ -95,6 +99,8 @@ def test_scale_zero_is_bit_identical_and_undone(olmoe):
         base = lm.hf(input_ids=ids).logits
         with rl.steer_route_vector(lm, vec, 0.0):
             zero = lm.hf(input_ids=ids).logits
+        with rl.steer_route_vector(lm, vec, 0.0, mode="replace", at_decode=True):
+            assert torch.equal(base, lm.hf(input_ids=ids).logits)
         with rl.steer_route_vector(lm, vec, 2.0):
             lm.hf(input_ids=ids)
         after = lm.hf(input_ids=ids).logits
@@ -110,11 +116,18 @@ def test_generation_and_bad_input(olmoe):
     b = lm.batch(enc, side="right")
     with pytest.raises(UserError, match="left-padded"), rl.steer_route_vector(lm, vec, 1.0), torch.no_grad():
         lm.hf(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    bad = rl.RouteVector(vec.layers[:1], vec.values[:1], 2, 2)
-    with pytest.raises(UserError, match="compute it on this model"), rl.steer_route_vector(lm, bad, 1.0):
+    short = rl.RouteVector(vec.layers[:1], vec.values[:1], 2, 2)
+    with pytest.raises(UserError, match="compute it on this model"), rl.steer_route_vector(lm, short, 1.0):
         pass
+    bad = rl.RouteVector(vec.layers, vec.values, 2, 2)  # by hand: no toward means
     with pytest.raises(UserError, match="finite"), rl.steer_route_vector(lm, vec, float("nan")):
         pass
+    with pytest.raises(UserError, match="'add' or 'replace'"), rl.steer_route_vector(lm, vec, 1.0, mode="set"):
+        pass
+    with pytest.raises(UserError, match="does not hold"), rl.steer_route_vector(lm, bad, 1.0, mode="replace"):
+        pass
+    with rl.steer_route_vector(lm, vec, 1.0, mode="replace", at_decode=True):
+        assert rl.evaluate(lm, DATA, max_new_tokens=3)["n"] == len(DATA)
     with pytest.raises(UserError, match="both sides"):
         rl.route_vector(lm, [], DATA)
 
@@ -126,6 +139,9 @@ def test_save_load_round_trip_and_refusals(olmoe, tmp_path):
     vec.save(path)
     back = rl.RouteVector.load(path, lm)
     assert torch.equal(back.values, vec.values) and back.layers == vec.layers and back.model == vec.model
+    assert torch.equal(back.toward, vec.toward)
+    rl.RouteVector(vec.layers, vec.values, 2, 2, vec.model).save(tmp_path / "n.safetensors")  # without toward means
+    assert rl.RouteVector.load(tmp_path / "n.safetensors", lm).toward is None
     raw = bytearray(path.read_bytes())
     raw[-3] ^= 0xFF  # flip bits inside the values
     bad = tmp_path / "bad.safetensors"
@@ -157,11 +173,17 @@ def test_cli_route_vector_writes_what_the_api_computes(tmp_path, capsys):
     data = rl.load_dataset("toy-conflict", split="test", limit=4)
     with rl.steer_route_vector(lm, want, 4.0):
         em = rl.evaluate(lm, data)["em"]
+    with rl.steer_route_vector(lm, want, 1.0, mode="replace"):
+        em_replace = rl.evaluate(lm, data)["em"]
     assert [r["scale"] for r in got["rows"]] == [0.0, 4.0] and got["rows"][1]["em"] == pytest.approx(em)
     assert got["rows"][0]["em"] == pytest.approx(rl.evaluate(lm, data)["em"])
     # reuse the saved vector; bad input is one line, exit 2
     assert main(["route-vector", *common, "--vector", str(out), "--scales", "4"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"][0]["em"] == pytest.approx(em)
+    assert main(["route-vector", *common, "--vector", str(out), "--mode", "replace"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert got["mode"] == "replace" and [r["scale"] for r in got["rows"]] == [0.0, 0.5, 1.0]
+    assert got["rows"][2]["em"] == pytest.approx(em_replace)
     assert main(["route-vector", *common, "--scales", "2,x"]) == 2
     assert main(["route-vector", *common, "--vector", str(tmp_path / "missing.safetensors")]) == 2
     assert main(["route-vector", *common, "--vector-out", str(out)]) == 2  # exists: --overwrite

@@ -203,7 +203,7 @@ def cmd_route_vector(args) -> None:
     from ..ces import route_vector, steer_route_vector
     from ..data import default_split as split_for
 
-    scales = _scales(args.scales)
+    scales = _scales(args.scales or ("0,0.5,1" if args.mode == "replace" else "0,2,4,8,12"))
     if args.vector_out:
         claim_out(args, args.vector_out, is_dir=False, example="vector.safetensors", flag="--vector-out")
     lm, data = _setup(args)
@@ -220,17 +220,17 @@ def cmd_route_vector(args) -> None:
     open_book, memory = side(args.open_data, args.split), side(args.memory_data, args.split)
     rows = []
     for sc in scales:
-        with steer_route_vector(lm, vec, sc):
+        with steer_route_vector(lm, vec, sc, mode=args.mode):
             c = rl.evaluate(lm, data, batch_size=args.batch_size)
             o = rl.evaluate(lm, open_book, batch_size=args.batch_size) if open_book else None
             m = rl.evaluate(lm, memory, batch_size=args.batch_size) if memory else None
         rows.append({"scale": sc, "em": c["em"], "f1": c["f1"], "memory_rate": c["memory_rate"],
                      "open_em": o["em"] if o else None, "recall": m["em"] if m else None})
-    lines = [f"route vector: {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
+    lines = [f"route vector ({args.mode}): {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
              + " ".join(f"{x:.1f}" for x in vec.norms()["last"])] + _sweep_table(rows, "scale")
     if args.vector_out:
         lines.append(f"vector written to {args.vector_out}")
-    _emit(args, {"rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
+    _emit(args, {"mode": args.mode, "rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
                  "vector_out": args.vector_out}, "\n".join(lines))
 
 
@@ -312,7 +312,8 @@ def add_parsers(sub, common) -> None:
     s.set_defaults(func=cmd_steer)
 
     v = sub.add_parser("route-vector", help="training-free dense router-logit steering: mean router logits of --toward "
-                                            "prompts minus --away prompts, added × scale; EM per scale")
+                                            "prompts minus --away prompts, added × scale (or the last token pulled toward "
+                                            "--toward's mean, --mode replace); EM per scale")
     common(v)
     v.add_argument("--toward", default="toy-open", help="prompts whose routing to move toward (default toy-open: "
                                                         "answered from the context)")
@@ -322,7 +323,11 @@ def add_parsers(sub, common) -> None:
     v.add_argument("--vector-limit", type=int, default=None, help="prompts per side (default all)")
     v.add_argument("--vector", default=None, help="use a saved vector (--vector-out) instead of computing one")
     v.add_argument("--vector-out", default=None, help="write the vector (.safetensors); a new file unless --overwrite")
-    v.add_argument("--scales", default="0,2,4,8,12", help="comma-separated scales (0 = the unsteered model)")
+    v.add_argument("--mode", choices=("add", "replace"), default="add",
+                   help="add: scale × (toward − away) at every prompt token; replace: pull the last prompt token's "
+                        "router logits toward the toward prompts' mean, x + scale·(mean − x) (default add)")
+    v.add_argument("--scales", default=None, help="comma-separated scales (0 = the unsteered model; default "
+                                                  "0,2,4,8,12 for add, 0,0.5,1 for replace)")
     v.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
     v.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
     v.add_argument("--batch-size", type=int, default=16)
