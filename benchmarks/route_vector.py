@@ -17,6 +17,9 @@
    The same for ``mode="replace"`` (the last prompt token's logits pulled ``scale`` of the way to the toward
    prompts' mean there), and each chosen setting also on the whole conflict test split (350; the first 150
    are the benchmark's test set).
+3. **The other prompt tokens too**, as router tuning acts there with the last one: replace at scale 1 plus the
+   ``rest`` vector × ``rest_scale`` at every other prompt token and the question tokens' vector ×
+   ``question_scale`` at the question's tokens, over the grid ``rests × questions``, chosen and reported as in 2.
 
 All numbers are printed; ``--json`` prints one JSON object as the last line.
 """
@@ -30,9 +33,10 @@ from pathlib import Path
 
 FULL = dict(n_eval=150, n_side=100, n_dev=200, n_hold=200, toward=None, away=None, n_mean=200,
             scales=[1.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 16.0], pulls=[0.5, 1.0, 1.5], n_whole=None,
+            rests=[4.0, 8.0, 12.0], questions=[0.0, 2.0, 4.0],
             train_limit=None, max_steps=None)
 FAST = dict(n_eval=8, n_side=8, n_dev=8, n_hold=4, toward=16, away=16, n_mean=8, scales=[2.0], pulls=[1.0],
-            n_whole=12, train_limit=32, max_steps=2)
+            n_whole=12, rests=[4.0], questions=[2.0], train_limit=32, max_steps=2)
 GROUPS = ("last", "context", "question", "template", "answer_in_context", "last+question", "prompt_not_last", "prompt")
 
 
@@ -171,25 +175,29 @@ def main(argv=None) -> dict:
     log(f"[2] route vector toy-open − toy-conflict ({vec.n_toward} − {vec.n_away} train prompts, "
         f"{res['route_vector']['seconds']} s); norms last {vec.norms()['last']} rest {vec.norms()['rest']}")
     whole = ld("toy-conflict", "test", cfg["n_whole"])
-    for mode, scales in (("add", cfg["scales"]), ("replace", cfg["pulls"])):
-        sweep = res["route_vector"]["sweep"] if mode == "add" else res["route_vector"].setdefault("replace", [])
-        for s in scales:
-            with rl.steer_route_vector(lm, vec, s, mode=mode):
+    grid = [dict(scale=1.0, rest_scale=r, question_scale=q) for r in cfg["rests"] for q in cfg["questions"]]
+    for mode, settings in (("add", [dict(scale=s) for s in cfg["scales"]]),
+                           ("replace", [dict(scale=s) for s in cfg["pulls"]]), ("replace+", grid)):
+        sweep = res["route_vector"]["sweep"] if mode == "add" else res["route_vector"].setdefault(mode, [])
+        for kw in settings:
+            s, tag = kw["scale"], " ".join(f"{k.split('_')[0]} {v:4}" for k, v in kw.items())
+            with rl.steer_route_vector(lm, vec, mode=mode.rstrip("+"), **kw):
                 c, o = rl.evaluate(lm, test), rl.evaluate(lm, open_test)
                 d, od = rl.evaluate(lm, sel_c), rl.evaluate(lm, sel_o)
                 dv = rl.evaluate(lm, dev)
-            sweep.append({"scale": s, **three(c, o), "select_em": d["em"], "select_open_em": od["em"],
-                          "dev_em": dv["em"]})
-            log(f"[2]   {mode:<7} scale {s:4}: test {fmt(c, o)}   selection conflict EM {d['em']:5.1f} open-book EM "
+            sweep.append({**kw, **three(c, o), "select_em": d["em"], "select_open_em": od["em"], "dev_em": dv["em"]})
+            part = 3 if mode == "replace+" else 2
+            log(f"[{part}]   {mode:<8} {tag}: test {fmt(c, o)}   selection conflict EM {d['em']:5.1f} open-book EM "
                 f"{od['em']:5.1f} (dev alone {dv['em']:5.1f})")
         ok = [r for r in sweep if r["select_open_em"] >= base_sel_open - 5] or sweep
         best = dict(max(ok, key=lambda r: (r["select_em"], -r["scale"])))
-        with rl.steer_route_vector(lm, vec, best["scale"], mode=mode):
+        kw = {k: best[k] for k in ("scale", "rest_scale", "question_scale") if k in best}
+        with rl.steer_route_vector(lm, vec, mode=mode.rstrip("+"), **kw):
             best["whole_test_em"] = rl.evaluate(lm, whole)["em"]
-        res["route_vector"]["chosen" if mode == "add" else "chosen_replace"] = best
+        res["route_vector"][{"add": "chosen", "replace": "chosen_replace", "replace+": "chosen_replace_plus"}[mode]] = best
         meets = best["em"] >= 27 and abs(best["open_em"] - res["base"]["open_em"]) <= 5
-        log(f"[2] {mode}: chosen on the {len(sel_c)} + {len(sel_o)} selection prompts (open-book within 5 of the "
-            f"base's {base_sel_open:.1f}): scale {best['scale']} → test conflict EM {best['em']:.1f}, open-book EM "
+        log(f"[{part}] {mode}: chosen on the {len(sel_c)} + {len(sel_o)} selection prompts (open-book within 5 of the "
+            f"base's {base_sel_open:.1f}): {kw} → test conflict EM {best['em']:.1f}, open-book EM "
             f"{best['open_em']:.1f} (base {res['base']['open_em']:.1f}); on all {len(whole)} conflict test prompts "
             f"{best['whole_test_em']:.1f}; target ≥ 27 with open-book within 5: {'met' if meets else 'missed'}")
     if args.json:

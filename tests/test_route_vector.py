@@ -7,6 +7,7 @@ import torch
 
 import routerlens_interp as rl
 from routerlens_interp.errors import UserError
+from routerlens_interp.evaluation.generate import generate
 from routerlens_interp.prompts import encode
 from routing_oracle import route
 from test_ces import DATA, olmoe  # noqa: F401  (the fixture)
@@ -51,7 +52,27 @@ def test_vector_is_the_mean_difference(olmoe):
     assert v.values.abs().max() > 1e-3  # the two sides route differently: the check above can fail
 
 
-def _steered_alone(lm, ex, vec, scale, mode="add"):
+def _question_means(lm, data):
+    out = {l: [] for l in lm.spec.moe_layers}
+    for ex in data:
+        e = encode(lm.tokenizer, ex)
+        got = _router_logits(lm, e.input_ids[None])
+        for l in out:
+            out[l].append(got[l][e.question])
+    return {l: torch.cat(v).mean(0) for l, v in out.items()}
+
+
+def test_question_vector_is_the_mean_difference_over_question_tokens(olmoe):
+    lm = olmoe
+    v = rl.route_vector(lm, DATA[:2], DATA[2:], batch_size=2)
+    qt, qa = _question_means(lm, DATA[:2]), _question_means(lm, DATA[2:])
+    assert v.question.shape == (len(lm.spec.moe_layers), lm.spec.n_experts)
+    for i, l in enumerate(lm.spec.moe_layers):
+        torch.testing.assert_close(v.question[i].double(), qt[l] - qa[l], rtol=1e-4, atol=1e-5)
+    assert v.question.abs().max() > 1e-3
+
+
+def _steered_alone(lm, ex, vec, scale, mode="add", rest=None, question=0.0):
     """Last-position logits ``[V]`` of one unpadded prompt with ``scale·v`` added to each router's logits (or,
     ``replace``, its last row moved ``scale`` of the way to the toward mean) by a forward hook that re-routes with
     the family's hand-written rule (independent of the hook layer)."""
@@ -63,6 +84,9 @@ def _steered_alone(lm, ex, vec, scale, mode="add"):
             add[:-1], add[-1] = vec.values[i, 1] * scale, vec.values[i, 0] * scale
             if mode == "replace":
                 add[:-1], add[-1] = 0, scale * (vec.toward[i, 0] - logits[-1])
+            if rest is not None:
+                add[:-1] = vec.values[i, 1] * rest
+            add[encode(lm.tokenizer, ex).question] += vec.question[i] * question
             edited = logits + add
             w, idx = route(lm.spec.routing, edited, m)
             return (edited, w, idx)
@@ -89,6 +113,31 @@ def test_steering_matches_a_hand_written_router(olmoe, scale, mode):
     want = torch.stack([_steered_alone(lm, ex, vec, scale, mode) for ex in DATA])
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     assert (got - plain).abs().max() > 1e-2  # the steering changes the answer's logits
+
+
+@pytest.mark.parametrize("mode", ["add", "replace"])
+def test_rest_and_question_scales_match_a_hand_written_router(olmoe, mode):
+    """Inside rl.generate (which announces the question's positions), against per-example hooks."""
+    lm = olmoe
+    vec = rl.route_vector(lm, DATA[:2], DATA[2:])
+    got = []
+    h = lm.hf.register_forward_hook(lambda m, a, out: got.append(out.logits[:, -1].detach().clone()))
+    try:
+        with rl.steer_route_vector(lm, vec, 1.0, mode=mode, rest_scale=3.0, question_scale=2.0):
+            generate(lm, DATA, max_new_tokens=1, batch_size=len(DATA))
+    finally:
+        h.remove()
+    want = torch.stack([_steered_alone(lm, ex, vec, 1.0, mode, rest=3.0, question=2.0) for ex in DATA])
+    no_q = torch.stack([_steered_alone(lm, ex, vec, 1.0, mode, rest=3.0) for ex in DATA])
+    torch.testing.assert_close(got[0], want, rtol=1e-4, atol=1e-4)
+    assert (want - no_q).abs().max() > 1e-2  # the question part changes the answer's logits
+    ids = encode(lm.tokenizer, DATA[0]).input_ids[None]
+    with pytest.raises(UserError, match="where each question is"), torch.no_grad(), \
+            rl.steer_route_vector(lm, vec, 1.0, question_scale=2.0):
+        lm.hf(input_ids=ids)
+    with pytest.raises(UserError, match="question_scale must be finite"), \
+            rl.steer_route_vector(lm, vec, 1.0, question_scale=float("inf")):
+        pass
 
 
 def test_scale_zero_is_bit_identical_and_undone(olmoe):
@@ -139,7 +188,7 @@ def test_save_load_round_trip_and_refusals(olmoe, tmp_path):
     vec.save(path)
     back = rl.RouteVector.load(path, lm)
     assert torch.equal(back.values, vec.values) and back.layers == vec.layers and back.model == vec.model
-    assert torch.equal(back.toward, vec.toward)
+    assert torch.equal(back.toward, vec.toward) and torch.equal(back.question, vec.question)
     rl.RouteVector(vec.layers, vec.values, 2, 2, vec.model).save(tmp_path / "n.safetensors")  # without toward means
     assert rl.RouteVector.load(tmp_path / "n.safetensors", lm).toward is None
     raw = bytearray(path.read_bytes())
@@ -184,6 +233,15 @@ def test_cli_route_vector_writes_what_the_api_computes(tmp_path, capsys):
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert got["mode"] == "replace" and [r["scale"] for r in got["rows"]] == [0.0, 0.5, 1.0]
     assert got["rows"][2]["em"] == pytest.approx(em_replace)
+    assert main(["route-vector", *common, "--vector", str(out), "--mode", "replace", "--scales", "1",
+                 "--rest-scale", "8", "--question-scale", "2"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with rl.steer_route_vector(lm, want, 1.0, mode="replace", rest_scale=8.0, question_scale=2.0):
+        assert got["rows"][0]["em"] == pytest.approx(rl.evaluate(lm, data)["em"])
+    assert (got["rest_scale"], got["question_scale"]) == (8.0, 2.0)
+    with pytest.raises(SystemExit) as e:  # argparse: one usage line, exit 2
+        main(["route-vector", *common, "--question-scale", "inf"])
+    assert e.value.code == 2 and "finite" in capsys.readouterr().err
     assert main(["route-vector", *common, "--scales", "2,x"]) == 2
     assert main(["route-vector", *common, "--vector", str(tmp_path / "missing.safetensors")]) == 2
     assert main(["route-vector", *common, "--vector-out", str(out)]) == 2  # exists: --overwrite

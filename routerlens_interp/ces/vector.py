@@ -18,6 +18,12 @@ vector). ``mode="replace"`` instead pulls the last prompt token's logits toward 
 there, ``x + scale · (mean_toward − x)`` (1 = route that token as the average ``toward`` prompt does; the other
 positions untouched): on the bundled model its EM is the same on held-out and test prompts, where the added
 vector's best scale on held-out prompts was not the best on test (``benchmarks/route_vector.py`` [2]).
+
+Two more knobs act on the other prompt tokens, as router tuning's change does there too: ``rest_scale`` (the
+``rest`` vector, by default ``scale`` in ``add`` mode and 0 in ``replace``) and ``question_scale`` (a third vector,
+the same mean difference over the question's tokens only, added there on top; 0 by default). The question's
+positions come from the prompts' spans, so ``question_scale`` works inside ``rl.evaluate`` / ``generate``
+(which announce each batch's spans), and is refused on a bare model call.
 """
 from __future__ import annotations
 
@@ -65,6 +71,8 @@ class RouteVector:
         n_toward, n_away: examples averaged on each side.
         toward: ``[L, 2, E]`` float32, the ``toward`` side's mean router logits alone (what ``mode="replace"``
             steers to); None for a vector built by hand.
+        question: ``[L, E]`` float32, toward minus away over the question's tokens (``question_scale``); None
+            for a vector built by hand.
     """
 
     layers: list[int]
@@ -73,6 +81,7 @@ class RouteVector:
     n_away: int
     model: str = ""  # router_fingerprint of the model it was computed on: identifies the base model
     toward: torch.Tensor | None = None
+    question: torch.Tensor | None = None
 
     def save(self, path) -> None:
         """Write a ``.safetensors`` file (:mod:`~routerlens_interp.safe_state`; atomic; a SHA-256 of the values in
@@ -82,9 +91,10 @@ class RouteVector:
         v = self.values.float().contiguous()
         d = {"values": v, "layers": list(self.layers), "n_toward": int(self.n_toward), "n_away": int(self.n_away),
              "model": self.model, "sha256": tensor_sha256(v)}
-        if self.toward is not None:
-            t = self.toward.float().contiguous()
-            d.update(toward=t, toward_sha256=tensor_sha256(t))
+        for k in ("toward", "question"):
+            if getattr(self, k) is not None:
+                t = getattr(self, k).float().contiguous()
+                d.update({k: t, f"{k}_sha256": tensor_sha256(t)})
         safe_state.save(path, d, _FORMAT)
 
     @classmethod
@@ -104,12 +114,15 @@ class RouteVector:
                 or tensor_sha256(v) != d.get("sha256"):
             raise UserError(f"{p}: its values do not match their checksum or layers (a damaged file); compute the route "
                             "vector again")
-        t = d.get("toward")
-        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != v.shape
-                              or tensor_sha256(t) != d.get("toward_sha256")):
-            raise UserError(f"{p}: its toward means do not match their checksum or shape (a damaged file); compute the "
-                            "route vector again")
-        vec = cls([int(x) for x in d["layers"]], v, int(d["n_toward"]), int(d["n_away"]), d.get("model") or "", t)
+        extra = {}
+        for k, shape in (("toward", v.shape), ("question", (v.shape[0], v.shape[2]))):
+            t = d.get(k)
+            if t is not None and (not isinstance(t, torch.Tensor) or tuple(t.shape) != tuple(shape)
+                                  or tensor_sha256(t) != d.get(f"{k}_sha256")):
+                raise UserError(f"{p}: its {k} means do not match their checksum or shape (a damaged file); compute "
+                                "the route vector again")
+            extra[k] = t
+        vec = cls([int(x) for x in d["layers"]], v, int(d["n_toward"]), int(d["n_away"]), d.get("model") or "", **extra)
         if lm is not None and vec.model and vec.model != router_fingerprint(lm):
             raise UserError(f"{p} was computed on other routers than this model's (another base model, or an adapter "
                             "applied); compute the route vector on this model")
@@ -148,6 +161,16 @@ def _batch_shape(lm) -> Iterator[dict]:
         h.remove()
 
 
+def _question_mask(box: dict) -> torch.Tensor:
+    """``[B·S]`` 0/1 float: the question's tokens of the batch in progress, as ``rl.evaluate`` announced them."""
+    got = box.get("question")
+    if got is None or got[0] != box["shape"]:
+        raise UserError("question_scale needs to know where each question is: run the model through rl.evaluate (or "
+                        "evaluation.generate.generate) inside the with block (they announce each batch's spans), or leave "
+                        "question_scale at 0")
+    return got[1].float()
+
+
 def _groups(box: dict, rows: int) -> torch.Tensor | None:
     """``[B·S]`` group index per router row (0 = last column, 1 = the rest) at a prefill; None at a decoding
     step (``S == 1``). Refuses rows that are not ``B·S`` (a family that routes a subset of tokens)."""
@@ -184,21 +207,25 @@ def route_vector(lm, toward, away, batch_size: int = 16, progress: bool = False)
         means = [_group_means(lm, data, batch_size, progress, layers) for data in (toward, away)]
     finally:
         lm.hf.train(was)
-    return RouteVector(layers, (means[0] - means[1]).float(), len(toward), len(away), router_fingerprint(lm),
-                       means[0].float())
+    diff = (means[0] - means[1]).float()
+    return RouteVector(layers, diff[:, :2].contiguous(), len(toward), len(away), router_fingerprint(lm),
+                       means[0][:, :2].float().contiguous(), diff[:, 2].contiguous())
 
 
 def _group_means(lm, data, batch_size, progress, layers) -> torch.Tensor:
-    """``[L, 2, E]`` float64 mean router logits per group over the non-padding prompt positions of ``data``."""
+    """``[L, 3, E]`` float64 mean router logits over the non-padding prompt positions of ``data``: the last
+    position, the others, and the question's tokens (which are also among the others)."""
     E = lm.spec.n_experts
-    acc = torch.zeros(len(layers), 2, E, dtype=torch.float64)
-    cnt = torch.zeros(2, dtype=torch.float64)
+    acc = torch.zeros(len(layers), 3, E, dtype=torch.float64)
+    cnt = torch.zeros(3, dtype=torch.float64)
     cur: dict = {}
     with ExitStack() as st:
         for i, l in enumerate(layers):
             def read(x, i=i):
-                keep = cur["keep"]
-                acc[i].index_add_(0, cur["group"][keep], x.reshape(-1, E)[keep.to(x.device)].double().cpu())
+                keep, q = cur["keep"], cur["question"]
+                rows = x.reshape(-1, E).double().cpu()
+                acc[i, :2].index_add_(0, cur["group"][keep], rows[keep])
+                acc[i, 2] += rows[q].sum(0)
             st.enter_context(lm.hooks.read(f"blocks.{l}.router.hook_logits", read))
         window = getattr(lm, "window", None)
         for s in tqdm(range(0, len(data), batch_size), desc="route vector", disable=not progress, unit="batch"):
@@ -206,17 +233,28 @@ def _group_means(lm, data, batch_size, progress, layers) -> torch.Tensor:
             batch = lm.batch(enc, side="left")
             g = _group_index(*batch["input_ids"].shape)
             keep = batch["attention_mask"].bool().cpu().reshape(-1)
-            cur["group"], cur["keep"] = g, keep
-            cnt.index_add_(0, g[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+            q = _question_rows(enc, *batch["input_ids"].shape)
+            cur["group"], cur["keep"], cur["question"] = g, keep, q
+            cnt[:2].index_add_(0, g[keep], torch.ones(int(keep.sum()), dtype=torch.float64))
+            cnt[2] += int(q.sum())
             lm.hf(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     if cnt[1] == 0:
         raise UserError("every prompt is one token long; route vectors need the last token and the rest")
-    return acc / cnt[None, :, None]
+    return acc / cnt.clamp(min=1)[None, :, None]  # no question tokens (bare strings): a zero question vector
+
+
+def _question_rows(enc, B: int, S: int) -> torch.Tensor:
+    """``[B·S]`` bool: the question's tokens of each left-padded prompt."""
+    q = torch.zeros(B, S, dtype=torch.bool)
+    for i, e in enumerate(enc):
+        q[i, S - e.prompt_len + e.question] = True
+    return q.reshape(-1)
 
 
 @contextmanager
 def steer_route_vector(lm, vector: RouteVector, scale: float = 1.0, at_decode: bool = False,
-                       mode: str = "add") -> Iterator[RouteVector]:
+                       mode: str = "add", rest_scale: float | None = None,
+                       question_scale: float = 0.0) -> Iterator[RouteVector]:
     """Add ``scale · vector.values[layer, group]`` to the router logits while the ``with`` block runs
     (``mode="add"``), or pull the last prompt token's logits ``x [E]`` toward the ``toward`` mean ``t``:
     ``x + scale · (t − x)`` (``mode="replace"``; 1 = exactly ``t``; the other positions untouched).
@@ -227,15 +265,26 @@ def steer_route_vector(lm, vector: RouteVector, scale: float = 1.0, at_decode: b
     changed logits would be), it is refused where reroute is (:class:`RerouteUnavailable`), and
     ``scale = 0`` is bit-identical to no intervention. For generation (``rl.evaluate``, ``generate``), not for
     teacher-forced sequences with their answers appended (their last column is not the last prompt token).
+
+    ``rest_scale`` scales the ``rest`` vector on its own (default: ``scale`` with ``add``, 0 with ``replace``);
+    ``question_scale`` adds that multiple of ``vector.question`` at the question's tokens, whose positions
+    ``rl.evaluate`` / ``generate`` announce for each batch (a model call outside them is refused while it is
+    not 0).
     """
     scale = float(scale)
-    if not math.isfinite(scale):
-        raise UserError(f"scale must be finite (got {scale})")
+    rest_scale = (scale if mode == "add" else 0.0) if rest_scale is None else float(rest_scale)
+    question_scale = float(question_scale)
+    for name, x in (("scale", scale), ("rest_scale", rest_scale), ("question_scale", question_scale)):
+        if not math.isfinite(x):
+            raise UserError(f"{name} must be finite (got {x})")
     if mode not in ("add", "replace"):
         raise UserError(f"mode must be 'add' or 'replace' (got {mode!r})")
     if mode == "replace" and vector.toward is None:
         raise UserError("mode='replace' needs the toward side's mean router logits, which this route vector does not "
                         "hold (built by hand or saved before they were kept); compute it with rl.route_vector")
+    if question_scale and vector.question is None:
+        raise UserError("question_scale needs the question tokens' vector, which this route vector does not hold (built "
+                        "by hand or saved before it was kept); compute it with rl.route_vector")
     spec = lm.spec
     if vector.values.shape[1:] != (2, spec.n_experts) or list(vector.layers) != list(spec.moe_layers):
         raise UserError(f"this route vector has shape {tuple(vector.values.shape)} over layers {vector.layers}; the "
@@ -243,18 +292,30 @@ def steer_route_vector(lm, vector: RouteVector, scale: float = 1.0, at_decode: b
     require_reroute(lm, vector.layers, "route-vector steering", "it edits the routing as mode='reroute' masking does")
     with ExitStack() as st:
         box = st.enter_context(_batch_shape(lm))
-        for i, l in enumerate(vector.layers):
-            v = vector.values[i] * scale  # [2, E]
-            t = vector.toward[i, 0] if mode == "replace" else None  # [E]
+        if question_scale:
+            from ..evaluation.generate import observe_batches
 
-            def edit(x, v=v, t=t):
+            def spans(enc, batch):
+                box["question"] = (tuple(batch["input_ids"].shape), _question_rows(enc, *batch["input_ids"].shape))
+            st.enter_context(observe_batches(lm, spans))
+        for i, l in enumerate(vector.layers):
+            # [2, E]: the last row's offset (none in replace mode, which pulls instead) and the rest's
+            v = torch.stack([vector.values[i, 0] * (scale if mode == "add" else 0.0), vector.values[i, 1] * rest_scale])
+            t = vector.toward[i, 0] if mode == "replace" else None  # [E]
+            qv = vector.question[i] * question_scale if question_scale else None  # [E]
+
+            def edit(x, v=v, t=t, qv=qv):
                 g = _groups(box, x.shape[0])
-                if g is None and not at_decode:
-                    return x
-                if t is not None:  # replace: only the last prompt token (and, with at_decode, decoding steps)
-                    pull = x + scale * (t.to(x.device, x.dtype) - x)
-                    return pull if g is None else torch.where((g == 0).to(x.device)[:, None], pull, x)
-                return x + v[0].to(x.device, x.dtype) if g is None else x + v.to(x.device, x.dtype)[g.to(x.device)]
+                if g is None:  # a decoding step
+                    if not at_decode:
+                        return x
+                    return x + scale * (t.to(x.device, x.dtype) - x) if t is not None else x + v[0].to(x.device, x.dtype)
+                y = x + v.to(x.device, x.dtype)[g.to(x.device)]
+                if qv is not None:
+                    y = y + _question_mask(box).to(x.device)[:, None] * qv.to(x.device, x.dtype)
+                if t is not None:  # replace: the last prompt token pulled toward the toward mean
+                    y = torch.where((g == 0).to(x.device)[:, None], x + scale * (t.to(x.device, x.dtype) - x), y)
+                return y
             # the logits only: the family's own code then weighs and ranks on them. (boost_experts also adds β
             # to every top-k's input, which for a set is a rank boost; a dense vector added to softmax
             # probabilities would instead pick nearly the same experts for every token.)

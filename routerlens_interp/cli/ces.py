@@ -9,7 +9,7 @@ import json
 from contextlib import ExitStack
 from pathlib import Path
 
-from .checks import add_overwrite, claim_out
+from .checks import add_overwrite, claim_out, finite_float
 from ..errors import UserError
 
 
@@ -220,17 +220,19 @@ def cmd_route_vector(args) -> None:
     open_book, memory = side(args.open_data, args.split), side(args.memory_data, args.split)
     rows = []
     for sc in scales:
-        with steer_route_vector(lm, vec, sc, mode=args.mode):
+        with steer_route_vector(lm, vec, sc, mode=args.mode, rest_scale=args.rest_scale,
+                                question_scale=args.question_scale):
             c = rl.evaluate(lm, data, batch_size=args.batch_size)
             o = rl.evaluate(lm, open_book, batch_size=args.batch_size) if open_book else None
             m = rl.evaluate(lm, memory, batch_size=args.batch_size) if memory else None
         rows.append({"scale": sc, "em": c["em"], "f1": c["f1"], "memory_rate": c["memory_rate"],
                      "open_em": o["em"] if o else None, "recall": m["em"] if m else None})
-    lines = [f"route vector ({args.mode}): {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
+    rest = "" if args.rest_scale is None else f", rest × {args.rest_scale:g}"
+    lines = [f"route vector ({args.mode}{rest}, question × {args.question_scale:g}): {vec.n_toward} toward − {vec.n_away} away prompts; norms (last token) "
              + " ".join(f"{x:.1f}" for x in vec.norms()["last"])] + _sweep_table(rows, "scale")
     if args.vector_out:
         lines.append(f"vector written to {args.vector_out}")
-    _emit(args, {"mode": args.mode, "rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
+    _emit(args, {"mode": args.mode, "rest_scale": args.rest_scale, "question_scale": args.question_scale, "rows": rows, "norms": vec.norms(), "n_toward": vec.n_toward, "n_away": vec.n_away,
                  "vector_out": args.vector_out}, "\n".join(lines))
 
 
@@ -328,6 +330,10 @@ def add_parsers(sub, common) -> None:
                         "router logits toward the toward prompts' mean, x + scale·(mean − x) (default add)")
     v.add_argument("--scales", default=None, help="comma-separated scales (0 = the unsteered model; default "
                                                   "0,2,4,8,12 for add, 0,0.5,1 for replace)")
+    v.add_argument("--rest-scale", type=finite_float, default=None,
+                   help="scale of the vector at the other prompt tokens (default: the scale with add, 0 with replace)")
+    v.add_argument("--question-scale", type=finite_float, default=0.0,
+                   help="also add this multiple of the question tokens' vector at the question's tokens (default 0)")
     v.add_argument("--open-data", default=None, help="open-book data for open-book EM (e.g. toy-open)")
     v.add_argument("--memory-data", default=None, help="closed-book data for recall (e.g. toy-memory)")
     v.add_argument("--batch-size", type=int, default=16)

@@ -14,7 +14,7 @@ import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-__all__ = ["positive_int", "non_negative_int", "seed_int", "positive_float", "probability", "check_out_file",
+__all__ = ["positive_int", "non_negative_int", "seed_int", "positive_float", "probability", "finite_float", "check_out_file",
            "check_out_dir", "check_device", "load_model", "add_load_options", "load_options", "first_line", "one_line",
            "user_errors", "describe_error", "add_debug", "add_png_flags", "png_mode", "add_overwrite", "claim_out",
            "outputs_held", "OVERWRITE_HELP"]
@@ -60,6 +60,7 @@ def _float_where(ok, wanted: str):
 
 positive_float = _float_where(lambda v: 0 < v < float("inf"), "a finite number > 0")
 probability = _float_where(lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")
+finite_float = _float_where(lambda v: abs(v) < float("inf"), "a finite number")
 
 
 positive_float.__name__ = seed_int.__name__ = "number"

@@ -7,6 +7,8 @@ holding a newline and keep the text before the first newline.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from tqdm.auto import tqdm
 
@@ -50,6 +52,23 @@ def _prediction(tokenizer, row: list[int], stops: set[int], stop: str) -> str:
     return text.strip()
 
 
+_OBSERVERS: dict[int, list] = {}
+
+
+@contextmanager
+def observe_batches(lm, fn):
+    """While the block runs, :func:`generate` (and so :func:`evaluate`) calls ``fn(encoded, batch)`` before
+    each batch of ``lm``, as its ``on_batch`` does: how an intervention learns the prompts' spans."""
+    fns = _OBSERVERS.setdefault(id(lm.hf), [])
+    fns.append(fn)
+    try:
+        yield
+    finally:
+        fns.remove(fn)
+        if not fns:
+            del _OBSERVERS[id(lm.hf)]
+
+
 @torch.no_grad()
 def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size: int = 16,
              progress: bool = False, stop: str = "eos", on_batch=None) -> list[str]:
@@ -79,6 +98,8 @@ def generate(lm, examples: list[QAExample], max_new_tokens: int = 32, batch_size
                 batch = lm.batch(enc, side="left")
                 if on_batch is not None:
                     on_batch(enc, batch)
+                for fn in list(_OBSERVERS.get(id(lm.hf), ())):
+                    fn(enc, batch)
                 out = lm.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
                                      pad_token_id=lm.tokenizer.pad_token_id)
