@@ -12,10 +12,12 @@ On toy-conflict (NQ-Swap-like), with N = 8 experts per layer (of 64, top-8):
    masking of its top ``verify`` candidates (``attribute_experts(verify=K)``); REAP (mean routing weight ×
    expert output norm); SteerMoE's risk difference (context vs closed-book, faithful vs unfaithful answer).
 2. CE sets (top N per layer) from every method on the base model, and Router Lens CEs (count under the
-   router-tuned model, the demo's recipe); Jaccard of each with Router Lens CEs.
+   router-tuned model, the demo's recipe); Jaccard of each with Router Lens CEs. A control beside them: the
+   base model's busiest experts on the answer token alone (``count_experts(span="answer")``, no training).
 3. The paper's causal test in the router-tuned model: conflict EM with each set masked (reroute) vs
    ``draws`` random sets of 8 per layer drawn from the experts in none of the sets (mean, 95 % CI); the
-   best training-free set's drop as a share of Router Lens CEs' (target ≥ 80 %).
+   best training-free set's drop as a share of Router Lens CEs' (target ≥ 80 %), and open-book EM under each
+   mask (what the set costs beyond the conflicts).
 4. Steering the base model with each set (β sweep, negative β for the deactivation sets, and forcing the
    set into / out of every top-k), and SteerMoE's own recipe (global risk-difference ranking, ``n``
    experts forced in or out, ``n`` swept): conflict EM, memory rate and open-book EM per setting; the best
@@ -157,13 +159,16 @@ def main(argv=None) -> dict:
     with rt.applied(lm):
         tuned_counts = rl.count_experts(lm, select_data)
     secs["router_lens_count"] = round(time.time() - t, 2)
+    t = time.time()
+    answer_counts = rl.count_experts(lm, select_data, span="answer")  # the base model: no training
+    secs["answer_busiest"] = round(time.time() - t, 2)
     res["seconds"] = secs
     neg = lambda s: rl.ExpertScores(-s.scores, s.layers, s.kind, s.metric, s.n_examples, s.top_k)
     sets = {"attribution": rl.select_experts(att_sel, n=N), "attribution_verified": rl.select_experts(ver_sel, n=N),
             "contrast": rl.select_experts(con.last, n=N), "reap": rl.select_experts(reap_sel, n=N),
             "rd_context": rl.select_experts(rd_sel["context"], n=N),
             "rd_faithful": rl.select_experts(rd_sel["faithful"], n=N),
-            "router_lens": rl.select_experts(tuned_counts, n=N)}
+            "answer_busiest": rl.select_experts(answer_counts, n=N), "router_lens": rl.select_experts(tuned_counts, n=N)}
     # the other end of the risk difference: experts more active without the context / for the memory answer
     deact = {"rd_context_neg": rl.select_experts(neg(rd_sel["context"]), n=N),
              "rd_faithful_neg": rl.select_experts(neg(rd_sel["faithful"]), n=N)}
@@ -179,18 +184,21 @@ def main(argv=None) -> dict:
     log("[5] seconds: " + "  ".join(f"{k} {v:.1f}" for k, v in secs.items()))
 
     # 3. causal test in the router-tuned model -----------------------------------------------------
-    def em(tag, data=test):
+    def em(tag, data=test, with_open=False):
         r = rl.evaluate(lm, data)
-        log(f"    {tag:<40} EM {r['em']:5.1f}  memory {r['memory_rate'] or 0:5.1f}")
+        if with_open:
+            r["open_em"] = rl.evaluate(lm, open_test)["em"]
+        log(f"    {tag:<40} EM {r['em']:5.1f}  memory {r['memory_rate'] or 0:5.1f}"
+            + (f"  open-book EM {r['open_em']:5.1f}" if with_open else ""))
         return r
 
     base = em("base")
     with rt.applied(lm):
-        tuned = em("router-tuned")
+        tuned = em("router-tuned", with_open=True)
         masked = {}
         for k, s in sets.items():
             with rl.mask_experts(lm, s):
-                masked[k] = em(f"router-tuned − {k} CEs")
+                masked[k] = em(f"router-tuned − {k} CEs", with_open=True)
         union = rl.ExpertSet()
         for s in sets.values():
             union = union | s
@@ -202,8 +210,8 @@ def main(argv=None) -> dict:
     res["base_em"], res["router_tuned_em"] = base["em"], tuned["em"]
     res["base_memory_rate"], res["router_tuned_memory_rate"] = base["memory_rate"], tuned["memory_rate"]
     res["rt_em_gain"] = tuned["em"] - base["em"]
-    res["masking"] = {k: {"em": v["em"], "drop": tuned["em"] - v["em"], "memory_rate": v["memory_rate"]}
-                      for k, v in masked.items()}
+    res["masking"] = {k: {"em": v["em"], "drop": tuned["em"] - v["em"], "memory_rate": v["memory_rate"],
+                          "open_em": v["open_em"]} for k, v in masked.items()}
     res["masking"]["random"] = {"em": float(np.mean(draws)), "drop": tuned["em"] - float(np.mean(draws)),
                                 "ci95": _ci95(draws), "draws": draws}
     rl_drop = res["masking"]["router_lens"]["drop"]
@@ -215,7 +223,8 @@ def main(argv=None) -> dict:
         + "  ".join(f"{k} {v['drop']:+.1f}" for k, v in res["masking"].items())
         + f" (random: ±{res['masking']['random']['ci95']:.1f} CI over {len(draws)} draws); best training-free "
           f"{best_free}: {100 * res['best_training_free_masking']['share_of_router_lens']:.0f} % of Router Lens CEs' "
-          f"drop (target ≥ 80 %)")
+          f"drop (target ≥ 80 %); open-book EM under that mask {res['masking'][best_free]['open_em']:.1f}, under the "
+          f"Router Lens CEs {res['masking']['router_lens']['open_em']:.1f} (router-tuned {tuned['open_em']:.1f})")
 
     # 4. steering the base model -------------------------------------------------------------------
     res["base_open_em"] = rl.evaluate(lm, open_test)["em"]
