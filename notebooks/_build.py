@@ -481,7 +481,8 @@ steering_curve(sweeps["Router Lens"], title="Steering the base model with the Ro
            "from the context (`toy-open`) minus those of conflicts it answers from memory, at the last prompt token "
            "and at the other prompt tokens. `rl.steer_route_vector` adds `scale · v` while the prompt is read; "
            "with `mode=\"replace\"` it instead routes the last prompt token as the average open-book prompt does "
-           "(its logits pulled `scale` of the way to their mean there)."),
+           "(its logits pulled `scale` of the way to their mean there); `rest_scale` and `question_scale` also "
+           "steer the other prompt tokens and the question's."),
     ("code", '''\
 open_test = rl.load_dataset("toy-open", split="test", limit=32)
 t = time.time(); vec = rl.route_vector(lm, rl.load_dataset("toy-open", split="train", limit=400), train[:400])
@@ -498,7 +499,11 @@ steering_curve(rv, title="Steering the base model with a route vector", referenc
 with rl.steer_route_vector(lm, vec, 1.0, mode="replace"):
     c, o = rl.evaluate(lm, test[:32]), rl.evaluate(lm, open_test)
 print(f"replace (the last prompt token routed as the mean open-book prompt): conflict EM {c['em']:.1f}, "
-      f"open-book EM {o['em']:.1f}")'''),
+      f"open-book EM {o['em']:.1f}")
+# and the other prompt tokens too, as router tuning acts there: the rest vector × 8, the question's × 2 on top
+with rl.steer_route_vector(lm, vec, 1.0, mode="replace", rest_scale=8.0, question_scale=2.0):
+    c, o = rl.evaluate(lm, test[:32]), rl.evaluate(lm, open_test)
+print(f"replace + rest × 8 + question × 2: conflict EM {c['em']:.1f}, open-book EM {o['em']:.1f}")'''),
     ("md", "## What this run found"),
     ("code", '''\
 best = {k: best_beta(v) for k, v in sweeps.items()}
