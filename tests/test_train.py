@@ -82,7 +82,7 @@ def test_training_and_attribution_run_deterministic_and_restore_the_callers_mode
 
     lm = load_tiny("olmoe", fresh=True)
     seen = []
-    assert not torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)  # a caller's mode (a script's seed_everything may have set it)
     rl.tune_router(lm, TRAIN, DEV, max_steps=2, lr=1e-2, **FAST,
                    callback=lambda info: seen.append(torch.are_deterministic_algorithms_enabled()))
     assert seen == [True, True] and not torch.are_deterministic_algorithms_enabled()
@@ -92,6 +92,9 @@ def test_training_and_attribution_run_deterministic_and_restore_the_callers_mode
     finally:
         h.remove()
     assert seen[2:] == [True] and not torch.are_deterministic_algorithms_enabled()
+    from routerlens_interp.cli import main  # its seed_everything turns the mode on; main hands the caller's back
+    assert main(["evaluate", "--model", "toy", "--data", "toy-conflict", "--limit", "2", "--json"]) == 0
+    assert not torch.are_deterministic_algorithms_enabled()
     # the op itself: x[idx] backward with repeated rows, 2 threads, identical every time inside the block
     threads = torch.get_num_threads()
     torch.set_num_threads(2)

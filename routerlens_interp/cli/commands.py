@@ -367,6 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             from ..prompts import truncation_report
 
             stack.enter_context(truncation_report())  # one line with the count of truncated contexts
+            from ..train.seed import deterministic
+
+            # the command's seed_everything turns deterministic algorithms on; a caller in the same process
+            # (a notebook, a test) gets its own mode back afterwards
+            stack.enter_context(deterministic())
             args.func(args)
     except TrainingInterrupted as e:  # a checkpoint was written: say how to continue (exit 130 / 143)
         print(f"interrupted at step {e.step}; continue with --resume", file=sys.stderr)
