@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 FULL = dict(n_select=400, n_eval=150, n_side=100, train_limit=None, max_steps=None)
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
         sets["router_lens_not_in_tuned_prompt"] = missed
 
         def row(tag, s=None):
-            with rl.mask_experts(lm, s) if s is not None else _nothing():
+            with rl.mask_experts(lm, s) if s is not None else nullcontext():
                 c, o, m = rl.evaluate(lm, test), rl.evaluate(lm, open_test), rl.evaluate(lm, memory_test)
             r = {"em": c["em"], "f1": c["f1"], "memory_rate": c["memory_rate"], "open_em": o["em"], "recall": m["em"],
                  "n_experts": sum(len(v) for _, v in s.items()) if s is not None else 0,
@@ -71,11 +72,6 @@ def main(argv=None) -> dict:
     if args.json:
         print(json.dumps(res, default=float))
     return res
-
-
-def _nothing():
-    from contextlib import nullcontext
-    return nullcontext()
 
 
 if __name__ == "__main__":
