@@ -222,10 +222,10 @@ def _group_means(lm, data, batch_size, progress, layers) -> torch.Tensor:
     with ExitStack() as st:
         for i, l in enumerate(layers):
             def read(x, i=i):
-                keep, q = cur["keep"], cur["question"]
-                rows = x.reshape(-1, E).double().cpu()
-                acc[i, :2].index_add_(0, cur["group"][keep], rows[keep])
-                acc[i, 2] += rows[q].sum(0)
+                keep, q, rows = cur["keep"], cur["question"], x.reshape(-1, E)
+                # select on the model's device: only the prompt rows travel to the CPU
+                acc[i, :2].index_add_(0, cur["group"][keep], rows[keep.to(x.device)].double().cpu())
+                acc[i, 2] += rows[q.to(x.device)].double().sum(0).cpu()
             st.enter_context(lm.hooks.read(f"blocks.{l}.router.hook_logits", read))
         window = getattr(lm, "window", None)
         for s in tqdm(range(0, len(data), batch_size), desc="route vector", disable=not progress, unit="batch"):
